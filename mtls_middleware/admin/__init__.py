@@ -1,0 +1,1 @@
+"""Administration: the ``mtls-admin`` command line."""

@@ -1,0 +1,223 @@
+"""MTLSConfig: the one, frozen, keyword-only configuration object, validated when it is built."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Union
+
+from cryptography import x509
+
+from .certs import MAX_CHAIN_LENGTH
+from .errors import ConfigurationError
+from .history import HistorySink
+from .identity import FingerprintMapper, IdentityMapper
+from .sources.proxies import ProxyProfile, get_profile
+from .sources.trust import TrustedProxies
+from .stores import Store, open_store
+
+__all__ = ["CertificatesInput", "MTLSConfig"]
+
+#: A PEM file path, PEM bytes, or certificates.
+CertificatesInput = Union[str, "os.PathLike[str]", bytes, Sequence[x509.Certificate]]
+
+Mode = Literal["required", "optional"]
+RevocationMode = Literal["require", "soft-fail", "off"]
+EkuPolicy = Literal["required", "if-present"]
+
+
+def _load_certificates(value: CertificatesInput, what: str) -> tuple[x509.Certificate, ...]:
+    if isinstance(value, (str, os.PathLike)):
+        path = Path(value)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ConfigurationError(
+                detail=f"{what}: cannot read {str(path)!r} ({exc.strerror}); give a PEM file path"
+            ) from None
+        return _load_certificates(data, f"{what} ({path})")
+    if isinstance(value, bytes):
+        try:
+            return tuple(x509.load_pem_x509_certificates(value))
+        except ValueError:
+            raise ConfigurationError(
+                detail=f"{what}: no PEM certificate could be read; give PEM 'CERTIFICATE' blocks"
+            ) from None
+    certificates = tuple(value)
+    for cert in certificates:
+        if not isinstance(cert, x509.Certificate):
+            raise ConfigurationError(
+                detail=f"{what}: expected cryptography x509.Certificate objects, got {cert!r}"
+            )
+    return certificates
+
+
+def _choice(name: str, value: object, choices: Sequence[str]) -> None:
+    if value not in choices:
+        options = ", ".join(repr(c) for c in choices)
+        raise ConfigurationError(detail=f"{name}={value!r} is not one of {options}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MTLSConfig:
+    """How requests are authenticated. Built once at start-up; every field is checked then.
+
+    Args:
+        trust_roots: the trust anchors: a PEM file path, PEM bytes, or certificates.
+        store: a :class:`~mtls_middleware.stores.Store`, or a store URL (``"memory://"``).
+        proxy: a header profile name (``"nginx"``) or :class:`ProxyProfile` to read the
+            certificate from a reverse proxy's headers; None reads the server's TLS layer only.
+        trusted_proxies: addresses / CIDR networks (IPv4, IPv6, or ``"unix"``) whose certificate
+            headers are believed. Required, and only allowed, with ``proxy``.
+        proxy_headers: other header names for the profile: keys ``cert``, ``chain``, ``verify``.
+        mode: ``"required"`` refuses requests without a certificate; ``"optional"`` lets them
+            through without an identity (a presented certificate must still be good).
+        revocation: ``"require"``, ``"soft-fail"`` or ``"off"``. This version has no revocation
+            checking: anything but ``"off"`` is refused at start-up rather than silently skipped.
+        intermediates: intermediate CA certificates known to the deployment, for proxies that
+            forward only the leaf (nginx).
+        eku: ``"required"``: the leaf must carry the Client Authentication EKU;
+            ``"if-present"``: only checked when the leaf has an EKU extension.
+        allow_dual_purpose_eku: accept leaves with both client- and server-auth EKUs.
+        min_rsa_bits: the smallest RSA key accepted (2048 or more).
+        max_chain_length: the most certificates a client may present (1 to 10).
+        max_header_bytes: the largest certificate header(s) accepted from a proxy.
+        exempt_paths: paths served without authentication; ``"/health"`` exempts that path
+            and everything below it.
+        identity_mapper: how a certificate finds its user (default: exact fingerprint).
+        history: where login records go (default: the store).
+        cache_size: entries of the verdict cache (0 disables it).
+        negative_cache_seconds: how long a refusal is remembered for the same bytes.
+
+    Raises:
+        ConfigurationError: any field that cannot work safely, with what to fix.
+    """
+
+    trust_roots: CertificatesInput
+    store: Store | str
+    proxy: str | ProxyProfile | None = None
+    trusted_proxies: Sequence[str] = ()
+    proxy_headers: Mapping[str, str] = field(default_factory=dict)
+    mode: Mode = "required"
+    revocation: RevocationMode = "require"
+    intermediates: CertificatesInput = ()
+    eku: EkuPolicy = "required"
+    allow_dual_purpose_eku: bool = False
+    min_rsa_bits: int = 2048
+    max_chain_length: int = MAX_CHAIN_LENGTH
+    max_header_bytes: int = 64 * 1024
+    exempt_paths: Sequence[str] = ()
+    identity_mapper: IdentityMapper = field(default_factory=FingerprintMapper)
+    history: HistorySink | None = None
+    cache_size: int = 10_000
+    negative_cache_seconds: float = 60.0
+
+    # Normalised forms, derived once here so the request path reads them directly.
+    roots: tuple[x509.Certificate, ...] = field(init=False, repr=False)
+    intermediate_certificates: tuple[x509.Certificate, ...] = field(init=False, repr=False)
+    profile: ProxyProfile | None = field(init=False, repr=False)
+    trusted: TrustedProxies = field(init=False, repr=False)
+    resolved_store: Store = field(init=False, repr=False)
+    history_sink: HistorySink = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        def put(name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+
+        roots = _load_certificates(self.trust_roots, "trust_roots")
+        if not roots:
+            raise ConfigurationError(detail="trust_roots is empty: name at least one trusted root")
+        put("roots", roots)
+        put("intermediate_certificates", _load_certificates(self.intermediates, "intermediates"))
+
+        store = open_store(self.store) if isinstance(self.store, str) else self.store
+        if not isinstance(store, Store):
+            raise ConfigurationError(
+                detail=f"store={self.store!r} is not a Store; give a store or a store URL"
+            )
+        put("resolved_store", store)
+
+        if self.history is not None and not isinstance(self.history, HistorySink):
+            raise ConfigurationError(detail="history must have a record(LoginRecord) method")
+        put("history_sink", self.history if self.history is not None else store)
+
+        if not isinstance(self.identity_mapper, IdentityMapper):
+            raise ConfigurationError(
+                detail="identity_mapper must have a map(leaf, fingerprint, store) method"
+            )
+
+        if isinstance(self.trusted_proxies, str):
+            raise ConfigurationError(
+                detail="trusted_proxies must be a list of addresses, not one string: "
+                f"write [{self.trusted_proxies!r}]"
+            )
+        trusted = TrustedProxies(self.trusted_proxies)
+        put("trusted", trusted)
+        profile: ProxyProfile | None
+        if self.proxy is None:
+            profile = None
+            if trusted:
+                raise ConfigurationError(
+                    detail="trusted_proxies is set but proxy is None: name the proxy's header "
+                    "profile (e.g. proxy='nginx') or drop trusted_proxies"
+                )
+            if self.proxy_headers:
+                raise ConfigurationError(detail="proxy_headers is set but proxy is None")
+        else:
+            profile = get_profile(self.proxy) if isinstance(self.proxy, str) else self.proxy
+            if not isinstance(profile, ProxyProfile):
+                raise ConfigurationError(detail=f"proxy={self.proxy!r} is not a profile name")
+            if not trusted:
+                raise ConfigurationError(
+                    detail=f"proxy={profile.name!r} reads certificates from request headers, "
+                    "but trusted_proxies is empty: list the proxy's addresses (e.g. "
+                    "trusted_proxies=['127.0.0.1']), or anyone could forge the header"
+                )
+            if self.proxy_headers:
+                profile = profile.with_headers(self.proxy_headers)
+        put("profile", profile)
+
+        _choice("mode", self.mode, ("required", "optional"))
+        _choice("revocation", self.revocation, ("require", "soft-fail", "off"))
+        if self.revocation != "off":
+            raise ConfigurationError(
+                detail=f"revocation={self.revocation!r}: this version of mtls_middleware cannot "
+                "check revocation (OCSP/CRL) yet, and will not pretend to; set "
+                "revocation='off' explicitly to run without revocation checking"
+            )
+        _choice("eku", self.eku, ("required", "if-present"))
+        if not isinstance(self.min_rsa_bits, int) or self.min_rsa_bits < 2048:
+            raise ConfigurationError(
+                detail=f"min_rsa_bits={self.min_rsa_bits!r}: RSA keys under 2048 bits are weak; "
+                "use 2048 or more"
+            )
+        if not isinstance(self.max_chain_length, int) or not 1 <= self.max_chain_length <= 10:
+            raise ConfigurationError(
+                detail=f"max_chain_length={self.max_chain_length!r}: use 1 to 10"
+            )
+        if not isinstance(self.max_header_bytes, int) or not 1024 <= self.max_header_bytes <= 1 << 20:
+            raise ConfigurationError(
+                detail=f"max_header_bytes={self.max_header_bytes!r}: use 1024 to 1048576"
+            )
+        if isinstance(self.exempt_paths, str):
+            raise ConfigurationError(
+                detail=f"exempt_paths must be a list of paths: write [{self.exempt_paths!r}]"
+            )
+        for path in self.exempt_paths:
+            if not isinstance(path, str) or not path.startswith("/"):
+                raise ConfigurationError(
+                    detail=f"exempt_paths entry {path!r} must be a path starting with '/'"
+                )
+        if not isinstance(self.cache_size, int) or self.cache_size < 0:
+            raise ConfigurationError(detail=f"cache_size={self.cache_size!r}: use 0 or more")
+        if self.negative_cache_seconds < 0:
+            raise ConfigurationError(detail="negative_cache_seconds must be 0 or more")
+
+    def is_exempt(self, path: str) -> bool:
+        """True when ``path`` is an exempt path or lies below one."""
+        for prefix in self.exempt_paths:
+            if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+                return True
+        return False
