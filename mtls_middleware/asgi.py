@@ -38,7 +38,8 @@ class MTLSMiddleware:
 
     An accepted connection carries its :class:`~mtls_middleware.identity.Identity` in
     ``scope["mtls_middleware.identity"]``. A refused HTTP request gets the reason's status and
-    JSON body; a refused WebSocket is closed with code 1008 and the reason code as close reason.
+    JSON body; a refused WebSocket is accepted and at once closed with code 1008 and the reason code
+    as close reason (closing before accepting would reach the client as a bare HTTP 403).
 
     Raises:
         ConfigurationError: at construction, if ``config`` cannot work.
@@ -87,9 +88,11 @@ class MTLSMiddleware:
     @staticmethod
     async def _refuse(kind: str, error: MTLSError, receive: Receive, send: Send) -> None:
         if kind == "websocket":
-            # The connect event comes first; closing before accepting refuses the handshake.
+            # Closing before accepting turns into a bare HTTP 403 on most servers, and the client
+            # never learns why; accepting and closing at once delivers code 1008 and the reason.
             message = await receive()
             if message.get("type") == "websocket.connect":
+                await send({"type": "websocket.accept"})
                 await send(
                     {
                         "type": "websocket.close",

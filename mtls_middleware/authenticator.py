@@ -202,7 +202,12 @@ class Authenticator:
         identity = verdict.identity
         if identity is None:
             self._record(_new_record(LoginRecord, (*verdict.facts, now, peer)))
-            raise verdict.error  # type: ignore[misc]  # a verdict holds one or the other
+            cached = verdict.error
+            if cached is None:  # a verdict holds an identity or an error; never neither
+                return MISS
+            # A fresh exception each time: re-raising the cached one would chain every request's
+            # traceback (and its environ) onto it for as long as the entry lives.
+            raise type(cached)(cached.reason, cached.detail, **cached.context)
         if presented.proxy_verified is False:
             return self._proxy_refused(presented, peer, verdict.facts)
         self._record(_new_record(LoginRecord, (*verdict.facts, now, peer)))

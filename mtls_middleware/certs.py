@@ -26,7 +26,6 @@ __all__ = [
 MAX_CHAIN_LENGTH = 10
 
 _PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
-_PEM_MARK = b"-----BEGIN"
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,10 @@ def fingerprint(certificate: x509.Certificate) -> str:
 
 
 def _is_pem(item: bytes) -> bool:
-    return _PEM_MARK in item[:64] or item.lstrip()[:10] == _PEM_MARK
+    # A DER certificate is a SEQUENCE and starts with 0x30; PEM may carry explanatory text before
+    # its first block (RFC 7468 section 2; "Bag Attributes" from openssl pkcs12), so anything else
+    # is read as PEM.
+    return item[:1] != b"\x30"
 
 
 def count_certificates(items: Sequence[bytes]) -> int:

@@ -148,6 +148,8 @@ class MTLSConfig:
                 detail="identity_mapper must have a map(leaf, fingerprint, store) method"
             )
 
+        if self.trusted_proxies is None:
+            raise ConfigurationError(detail="trusted_proxies must be a list (empty for none), not None")
         if isinstance(self.trusted_proxies, str):
             raise ConfigurationError(
                 detail="trusted_proxies must be a list of addresses, not one string: "
@@ -212,11 +214,21 @@ class MTLSConfig:
                 )
         if not isinstance(self.cache_size, int) or self.cache_size < 0:
             raise ConfigurationError(detail=f"cache_size={self.cache_size!r}: use 0 or more")
-        if self.negative_cache_seconds < 0:
+        if (
+            not isinstance(self.negative_cache_seconds, (int, float))
+            or isinstance(self.negative_cache_seconds, bool)
+            or self.negative_cache_seconds < 0
+        ):
             raise ConfigurationError(detail="negative_cache_seconds must be 0 or more")
 
     def is_exempt(self, path: str) -> bool:
-        """True when ``path`` is an exempt path or lies below one."""
+        """True when ``path`` is an exempt path or lies below one.
+
+        A path with ``.`` or ``..`` segments is never exempt: ``/health/../admin`` must not pass
+        for ``/health`` in an app that normalises paths itself.
+        """
+        if "/." in path and any(seg in (".", "..") for seg in path.split("/")):
+            return False
         for prefix in self.exempt_paths:
             if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
                 return True

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -85,12 +84,3 @@ def pki_dir(tmp_path_factory: pytest.TempPathFactory, pki: TestPKI) -> Path:
     directory = tmp_path_factory.mktemp("pki")
     pki.write(directory)
     return directory
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No MTLS_* variables leak from the developer's shell into a test."""
-    for key in list(os.environ):
-        if key.startswith("MTLS_") and key != "MTLS_REQUIRE_SERVICES":
-            monkeypatch.delenv(key)
-    yield

@@ -42,10 +42,12 @@ def _parse_time(text: str) -> dt.datetime:
 
 
 def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mtls-admin", description="mtls_middleware administration")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    # Accepted after the command too; SUPPRESS keeps it from resetting a --json given before it.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="machine-readable output")
-    parser = argparse.ArgumentParser(
-        prog="mtls-admin", description="mtls_middleware administration", parents=[common]
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -207,11 +207,29 @@ def _decode_url_escaped_pem(value: str) -> list[bytes]:
     return [raw]
 
 
+# With `ssl_verify_client optional_no_ca` nginx lets these through and reports them as FAILED:
+# they all mean "nginx could not find the issuer", which is not a verdict on the certificate (a
+# client that sends only its leaf gets one). The middleware builds and checks the path itself.
+_NGINX_ISSUER_UNKNOWN = frozenset(
+    {
+        "unable to get local issuer certificate",
+        "unable to get issuer certificate",
+        "unable to verify the first certificate",
+        "self signed certificate",
+        "self-signed certificate",
+        "self signed certificate in certificate chain",
+        "self-signed certificate in certificate chain",
+    }
+)
+
+
 def _read_nginx_verify(value: str) -> bool | None:
     # $ssl_client_verify: "SUCCESS", "FAILED:<reason>" or "NONE"; anything else is not a success.
     if value == "SUCCESS":
         return True
     if value == "NONE":
+        return None
+    if value.startswith("FAILED:") and value[7:].strip().lower() in _NGINX_ISSUER_UNKNOWN:
         return None
     return False
 

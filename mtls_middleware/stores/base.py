@@ -96,6 +96,12 @@ def check_upload(
         )
     if b"-----BEGIN CERTIFICATE-----" not in pem:
         raise CertificateError(Reason.MALFORMED_CERTIFICATE, "uploads must be PEM certificates")
+    if b"PRIVATE KEY-----" in pem:
+        # The upload is stored and handed back as it came: a key in it would be kept and served.
+        raise CertificateError(
+            Reason.MALFORMED_CERTIFICATE,
+            "the upload holds a private key; upload the certificate(s) only, never the key",
+        )
     chain = parse_chain([pem], max_certificates=MAX_CHAIN_LENGTH, max_bytes=MAX_UPLOAD_BYTES)
     leaf = chain.leaf
     now = now or dt.datetime.now(dt.timezone.utc)
