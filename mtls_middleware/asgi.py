@@ -64,15 +64,10 @@ class MTLSMiddleware:
             await self.app(scope, receive, send)
             return
         auth = self.authenticator
-        peer = asgi_peer(scope)
         try:
-            presented = auth.extract_asgi(scope)
-            identity = auth.authenticate_cached(presented, peer=peer)
-            if identity is MISS:
-                loop = asyncio.get_running_loop()
-                identity = await loop.run_in_executor(
-                    self._executor, lambda: auth.authenticate(presented, peer=peer)
-                )
+            identity = auth.hit_asgi(scope)
+            if identity is None:
+                identity = await self._authenticate(auth, scope)
         except MTLSError as exc:
             await self._refuse(kind, exc, receive, send)
             return
@@ -81,9 +76,23 @@ class MTLSMiddleware:
             await self._refuse(kind, MTLSError(Reason.INTERNAL_ERROR), receive, send)
             return
         if identity is not None:
+            # A copy, as the ASGI spec asks of middleware that changes the scope: a change in
+            # place would leak upstream.
             scope = dict(scope)
             scope[ENVIRON_KEY] = identity
         await self.app(scope, receive, send)
+
+    async def _authenticate(self, auth: Authenticator, scope: Scope) -> Any:
+        peer = asgi_peer(scope)
+        presented = auth.extract_asgi(scope)
+        identity = auth.authenticate_cached(presented, peer=peer)
+        if identity is MISS:
+            # Parsing, validation, the store and (later) revocation I/O may block: off the loop.
+            loop = asyncio.get_running_loop()
+            identity = await loop.run_in_executor(
+                self._executor, lambda: auth.authenticate(presented, peer=peer)
+            )
+        return identity
 
     @staticmethod
     async def _refuse(kind: str, error: MTLSError, receive: Receive, send: Send) -> None:

@@ -11,16 +11,25 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from .certs import fingerprint, parse_chain
+from cryptography import x509
+
+from .certs import fingerprint_der, parse_chain
 from .config import MTLSConfig
+from .der import NameCache, format_name, tbs_names
 from .errors import AuthorizationError, MTLSError, NoCertificateError, ProxyError, Reason
-from .history import ACCEPTED, LoginRecord
+from .history import ACCEPTED, LoginRecord, MemoryHistory
 from .identity import Identity
 from .sources.base import Presented
-from .sources.tls import from_asgi_scope, from_wsgi_environ
+from .sources.tls import (
+    asgi_chain_values,
+    from_asgi_scope,
+    from_wsgi_environ,
+    wsgi_environ_values,
+)
 from .validation import ValidationPolicy, Validator
 
 __all__ = ["MISS", "Authenticator", "asgi_peer"]
@@ -103,7 +112,130 @@ class Authenticator:
         self._cache: dict[object, _Verdict] | None = {} if config.cache_size else None
         self._cache_size = config.cache_size
         self._cache_lock = threading.Lock()
+        self._names = NameCache()
         self._source_kind = f"proxy:{self._profile.name}" if self._profile else "tls"
+        self.hit_wsgi: Callable[[Mapping[str, Any]], Identity | None] = self._make_hit_wsgi()
+        self.hit_asgi: Callable[[Mapping[str, Any]], Identity | None] = self._make_hit_asgi()
+
+    # -- the verdict-cache hit, in one frame ------------------------------------------------
+    # The steady state of a busy app is the same few chains again and again. These two functions
+    # answer exactly one case, an accepted verdict in the cache that is still good, with all they
+    # need bound as closure variables; anything else (a miss, a refusal, a proxy that reports a
+    # failure, a duplicated header) returns None and takes the general path, which decides it.
+    # They compute the same keys as the sources (tests run every case through both).
+
+    def _make_hit_wsgi(self) -> Callable[[Mapping[str, Any]], Identity | None]:
+        cache = self._cache
+        if cache is None:
+            return _no_hit
+        store, clock, emit = self.store, time.time, self._emit
+        profile = self._profile
+        if profile is None:
+            tls_values = wsgi_environ_values
+
+            def hit_tls(environ: Mapping[str, Any]) -> Identity | None:
+                leaf = environ.get("SSL_CLIENT_CERT")
+                if not leaf:
+                    return None
+                key = tls_values(environ) if "SSL_CLIENT_CERT_CHAIN_0" in environ else (leaf,)
+                verdict = cache.get(key)
+                if verdict is None or verdict.identity is None:
+                    return None
+                now = clock()
+                if now >= verdict.expires or verdict.generation != store.generation:
+                    return None
+                peer = environ.get("REMOTE_ADDR")
+                emit(_new_record(LoginRecord, (*verdict.facts, now, peer)))
+                return verdict.identity
+
+            return hit_tls
+        if profile.chain_header is not None:
+            return _no_hit  # keyed on two headers: the general path is fast enough for those
+        contains, cert_key = self._trusted.contains, profile._cert_key
+        verify_key, read_verify = profile._verify_key, profile.read_verify
+
+        def hit_proxy(environ: Mapping[str, Any]) -> Identity | None:
+            cert = environ.get(cert_key)
+            if not cert:
+                return None
+            verdict = cache.get(cert)
+            if verdict is None or verdict.identity is None:
+                return None
+            peer = environ.get("REMOTE_ADDR")
+            if not contains(peer):
+                return None
+            if verify_key is not None and read_verify is not None:
+                verify = environ.get(verify_key)
+                if verify and read_verify(verify) is False:
+                    return None
+            now = clock()
+            if now >= verdict.expires or verdict.generation != store.generation:
+                return None
+            emit(_new_record(LoginRecord, (*verdict.facts, now, peer)))
+            return verdict.identity
+
+        return hit_proxy
+
+    def _make_hit_asgi(self) -> Callable[[Mapping[str, Any]], Identity | None]:
+        cache = self._cache
+        if cache is None:
+            return _no_hit
+        store, clock, emit = self.store, time.time, self._emit
+        profile = self._profile
+        if profile is None:
+            chain_values = asgi_chain_values
+
+            def hit_tls(scope: Mapping[str, Any]) -> Identity | None:
+                key = chain_values(scope)
+                if key is None:
+                    return None
+                verdict = cache.get(key)
+                if verdict is None or verdict.identity is None:
+                    return None
+                now = clock()
+                if now >= verdict.expires or verdict.generation != store.generation:
+                    return None
+                client = scope.get("client")
+                peer = str(client[0]) if client else None
+                emit(_new_record(LoginRecord, (*verdict.facts, now, peer)))
+                return verdict.identity
+
+            return hit_tls
+        if profile.chain_header is not None:
+            return _no_hit
+        contains, read_verify = self._trusted.contains, profile.read_verify
+        cert_name = profile.cert_header.lower().encode("latin-1")
+        verify_name = profile.verify_header.lower().encode("latin-1") if profile.verify_header else None
+
+        def hit_proxy(scope: Mapping[str, Any]) -> Identity | None:
+            cert = verify = None
+            for name, value in scope.get("headers") or ():
+                if name == cert_name:
+                    if cert is not None:
+                        return None  # duplicated: the general path refuses it
+                    cert = value
+                elif name == verify_name:
+                    if verify is not None:
+                        return None
+                    verify = value
+            if not cert:
+                return None
+            verdict = cache.get(cert.decode("latin-1"))
+            if verdict is None or verdict.identity is None:
+                return None
+            client = scope.get("client")
+            peer = str(client[0]) if client else None
+            if not contains(peer):
+                return None
+            if verify and read_verify is not None and read_verify(verify.decode("latin-1")) is False:
+                return None
+            now = clock()
+            if now >= verdict.expires or verdict.generation != store.generation:
+                return None
+            emit(_new_record(LoginRecord, (*verdict.facts, now, peer)))
+            return verdict.identity
+
+        return hit_proxy
 
     # -- extract ----------------------------------------------------------------------------
     def extract_wsgi(self, environ: dict[str, Any]) -> Presented | None:
@@ -116,15 +248,10 @@ class Authenticator:
             ProxyError: ``untrusted_proxy``.
             CertificateError: oversize or undecodable header values.
         """
-        try:
-            return self._extract_wsgi(environ)
-        except MTLSError as exc:
-            self._record_refusal(exc, self._source_kind, environ.get("REMOTE_ADDR"), ())
-            raise
-
-    def _extract_wsgi(self, environ: dict[str, Any]) -> Presented | None:
         profile = self._profile
-        if profile is not None:
+        try:
+            if profile is None:
+                return from_wsgi_environ(environ)
             peer = environ.get("REMOTE_ADDR")
             if self._trusted.contains(peer):
                 return profile.extract_wsgi(environ, max_bytes=self._max_bytes)
@@ -136,7 +263,10 @@ class Authenticator:
                     f"certificate headers from {peer or 'a UNIX socket'}, which is not a "
                     "trusted proxy; headers ignored",
                 )
-        return from_wsgi_environ(environ)
+            return from_wsgi_environ(environ)
+        except MTLSError as exc:
+            self._record_refusal(exc, self._source_kind, environ.get("REMOTE_ADDR"), ())
+            raise
 
     def extract_asgi(self, scope: Mapping[str, Any]) -> Presented | None:
         """The presented chain of an ASGI connection, behind the trusted-proxy gate.
@@ -147,27 +277,24 @@ class Authenticator:
             ProxyError: ``untrusted_proxy``.
             CertificateError: duplicated, oversize or undecodable header values.
         """
-        try:
-            return self._extract_asgi(scope)
-        except MTLSError as exc:
-            self._record_refusal(exc, self._source_kind, asgi_peer(scope), ())
-            raise
-
-    def _extract_asgi(self, scope: Mapping[str, Any]) -> Presented | None:
         profile = self._profile
-        if profile is not None:
-            peer = asgi_peer(scope)
+        if profile is None:
+            return from_asgi_scope(scope)
+        peer = asgi_peer(scope)
+        try:
             headers = scope.get("headers") or ()
             if self._trusted.contains(peer):
                 return profile.extract_headers(headers, max_bytes=self._max_bytes)
-            names = {h.lower().encode("latin-1") for h in profile.header_names}
-            if any(name in names for name, _ in headers):
+            if profile.carries_certificate_headers(headers):
                 raise ProxyError(
                     Reason.UNTRUSTED_PROXY,
                     f"certificate headers from {peer or 'a UNIX socket'}, which is not a "
                     "trusted proxy; headers ignored",
                 )
-        return from_asgi_scope(scope)
+            return from_asgi_scope(scope)
+        except MTLSError as exc:
+            self._record_refusal(exc, self._source_kind, peer, ())
+            raise
 
     # -- the whole pipeline -----------------------------------------------------------------
     def authenticate_wsgi(self, environ: dict[str, Any]) -> Identity | None:
@@ -242,10 +369,7 @@ class Authenticator:
                 presented.items, max_certificates=self.config.max_chain_length
             )
             leaf = chain.leaf
-            fp = fingerprint(leaf)
-            subject = leaf.subject.rfc4514_string()
-            issuer = leaf.issuer.rfc4514_string()
-            serial = format(leaf.serial_number, "x")
+            fp, subject, issuer, serial = self._leaf_facts(leaf, chain.leaf_der)
             facts = (ACCEPTED, presented.source, fp, subject, issuer, serial)
             path = self.validator.validate(leaf, chain.intermediates, at=at)
             principal = self._mapper.map(leaf, fp, self.store)
@@ -294,6 +418,24 @@ class Authenticator:
             return self._proxy_refused(presented, peer, facts)
         self._record(_new_record(LoginRecord, (*facts, time.time(), peer)))
         return identity
+
+    def _leaf_facts(self, leaf: x509.Certificate, der: bytes) -> tuple[str, str, str, str]:
+        """Fingerprint, subject, issuer and serial (hex) of the leaf, from its DER when possible.
+
+        Reading them through cryptography builds a Name object tree and re-encodes the DER:
+        a third of the cold path's own cost. The strings are the same either way.
+        """
+        try:
+            serial, issuer_der, subject_der = tbs_names(der)
+            subject = format_name(subject_der)
+            issuer = self._names.get(issuer_der)
+        except (ValueError, IndexError):
+            serial, subject, issuer = leaf.serial_number, None, None
+        if subject is None:
+            subject = leaf.subject.rfc4514_string()
+        if issuer is None:
+            issuer = leaf.issuer.rfc4514_string()
+        return fingerprint_der(der), subject, issuer, format(serial, "x")
 
     def _refuse(
         self,
@@ -362,11 +504,22 @@ class Authenticator:
         except Exception:  # history must never take a request down with it
             log.exception("mtls_middleware: could not record a login attempt")
 
+    @property
+    def _emit(self) -> Callable[[LoginRecord], None]:
+        """The sink's own ``record`` when it is the in-memory one (it cannot fail), else ours."""
+        sink_record = self.history.record
+        owner = getattr(sink_record, "__self__", None)
+        return sink_record if isinstance(owner, (MemoryHistory, deque)) else self._record
+
     def clear_cache(self) -> None:
         """Forget every cached verdict."""
         if self._cache is not None:
             with self._cache_lock:
                 self._cache.clear()
+
+
+def _no_hit(_: Mapping[str, Any]) -> Identity | None:
+    return None
 
 
 def asgi_peer(scope: Mapping[str, Any]) -> str | None:

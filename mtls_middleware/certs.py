@@ -6,6 +6,9 @@ count, not eleven parses.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +22,7 @@ __all__ = [
     "ParsedChain",
     "count_certificates",
     "fingerprint",
+    "fingerprint_der",
     "parse_chain",
 ]
 
@@ -26,14 +30,19 @@ __all__ = [
 MAX_CHAIN_LENGTH = 10
 
 _PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
+_PEM_END = b"-----END CERTIFICATE-----"
 
 
 @dataclass(frozen=True)
 class ParsedChain:
-    """The presented chain, leaf first, in the order the client sent it."""
+    """The presented chain, leaf first, in the order the client sent it.
+
+    ``leaf_der`` is the leaf's DER exactly as presented (its SHA-256 is the fingerprint).
+    """
 
     leaf: x509.Certificate
     intermediates: tuple[x509.Certificate, ...] = ()
+    leaf_der: bytes = b""
 
     @property
     def certificates(self) -> tuple[x509.Certificate, ...]:
@@ -43,6 +52,31 @@ class ParsedChain:
 def fingerprint(certificate: x509.Certificate) -> str:
     """SHA-256 of the certificate's DER encoding, lowercase hex (the store's key)."""
     return certificate.fingerprint(hashes.SHA256()).hex()
+
+
+def fingerprint_der(der: bytes) -> str:
+    """:func:`fingerprint` from DER bytes that cryptography has parsed.
+
+    cryptography accepts only strict DER and re-encodes it to the same bytes, so this equals
+    ``fingerprint(load_der_x509_certificate(der))`` without the re-encoding.
+    """
+    return hashlib.sha256(der).hexdigest()
+
+
+def _pem_blocks(item: bytes) -> list[bytes]:
+    """The DER of each CERTIFICATE block, explanatory text around them ignored (RFC 7468)."""
+    blocks: list[bytes] = []
+    at = item.find(_PEM_BEGIN)
+    while at != -1:
+        start = at + len(_PEM_BEGIN)
+        end = item.find(_PEM_END, start)
+        if end == -1:
+            raise ValueError("a CERTIFICATE block without its END line")
+        body = item[start:end].translate(None, b" \t\r\n")
+        # validate=True: a character outside the base64 alphabet is an error, not skipped.
+        blocks.append(base64.b64decode(body, validate=True))
+        at = item.find(_PEM_BEGIN, end + len(_PEM_END))
+    return blocks
 
 
 def _is_pem(item: bytes) -> bool:
@@ -84,16 +118,20 @@ def parse_chain(
             f"{count} certificates presented; the limit is {max_certificates}",
             count=count,
         )
+    ders: list[bytes] = []
     certificates: list[x509.Certificate] = []
     for index, item in enumerate(items):
         try:
             if _is_pem(item):
-                if not item.count(_PEM_BEGIN):
+                blocks = _pem_blocks(item)
+                if not blocks:
                     raise ValueError("PEM text without a CERTIFICATE block")
-                certificates.extend(x509.load_pem_x509_certificates(item))
             else:
-                certificates.append(x509.load_der_x509_certificate(item))
-        except ValueError as exc:
+                blocks = [item]
+            for der in blocks:
+                certificates.append(x509.load_der_x509_certificate(der))
+                ders.append(der)
+        except (ValueError, binascii.Error) as exc:
             raise CertificateError(
                 Reason.MALFORMED_CERTIFICATE,
                 f"presented item {index} is not a PEM or DER X.509 certificate: {exc}",
@@ -101,4 +139,4 @@ def parse_chain(
             ) from None
     if not certificates:
         raise CertificateError(Reason.MALFORMED_CERTIFICATE, "no certificate in what was presented")
-    return ParsedChain(certificates[0], tuple(certificates[1:]))
+    return ParsedChain(certificates[0], tuple(certificates[1:]), bytes(ders[0]))

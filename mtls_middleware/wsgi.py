@@ -60,11 +60,13 @@ class MTLSMiddleware:
             return self.app(environ, start_response)
         auth = self.authenticator
         try:
-            presented = auth.extract_wsgi(environ)
-            peer = environ.get("REMOTE_ADDR")
-            identity = auth.authenticate_cached(presented, peer=peer)
-            if identity is MISS:
-                identity = auth.authenticate(presented, peer=peer)
+            identity = auth.hit_wsgi(environ)
+            if identity is None:
+                presented = auth.extract_wsgi(environ)
+                peer = environ.get("REMOTE_ADDR")
+                identity = auth.authenticate_cached(presented, peer=peer)
+                if identity is MISS:
+                    identity = auth.authenticate(presented, peer=peer)
         except MTLSError as exc:
             return self._refuse(exc, start_response)
         except Exception:  # fail closed: a fault here must not reach the client as a trace

@@ -49,10 +49,14 @@ class ProxyProfile:
     _cert_key: str = field(init=False, repr=False, compare=False)
     _chain_key: str | None = field(init=False, repr=False, compare=False)
     _verify_key: str | None = field(init=False, repr=False, compare=False)
+    _wanted: dict[bytes, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Precomputed so the per-request path does no string work.
         object.__setattr__(self, "_source", f"proxy:{self.name}")
+        object.__setattr__(
+            self, "_wanted", {h.lower().encode("latin-1"): h for h in self.header_names}
+        )
         object.__setattr__(self, "_cert_key", _environ_key(self.cert_header))
         object.__setattr__(
             self, "_chain_key", _environ_key(self.chain_header) if self.chain_header else None
@@ -98,24 +102,25 @@ class ProxyProfile:
         """True when any of this profile's headers is present (used on untrusted peers)."""
         return any(key in environ for key in self.environ_keys)
 
+    def carries_certificate_headers(self, headers: Iterable[tuple[bytes, bytes]]) -> bool:
+        """True when any ASGI header pair is one of this profile's (used on untrusted peers)."""
+        wanted = self._wanted
+        return any(name in wanted for name, _ in headers)
+
     def extract_wsgi(self, environ: Mapping[str, str], *, max_bytes: int) -> Presented | None:
         """Read the certificate headers from a WSGI environ (a trusted peer's request).
 
+        Nothing is decoded here: :attr:`Presented.items` decodes on first use, which a
+        verdict-cache hit never makes.
+
         Raises:
-            CertificateError: oversize or undecodable header values.
+            CertificateError: oversize header values.
         """
         cert = environ.get(self._cert_key)
-        if not cert:
-            verify_key = self._verify_key
-            verify = environ.get(verify_key) if verify_key else None
-            if verify and self.read_verify is not None and self.read_verify(verify) is False:
-                # The proxy ran verification and refused: no header, but not "no certificate".
-                return Presented(self._source, None, proxy_verified=False, proxy_detail=verify)
-            return None
-        chain_key = self._chain_key
-        chain = environ.get(chain_key) if chain_key else None
         verify_key = self._verify_key
         verify = environ.get(verify_key, "") if verify_key else ""
+        chain_key = self._chain_key
+        chain = environ.get(chain_key) if chain_key else None
         return self._presented(cert, chain, verify, max_bytes)
 
     def extract_headers(
@@ -124,9 +129,9 @@ class ProxyProfile:
         """Read the certificate headers from ASGI ``(name, value)`` pairs (lower-case names).
 
         Raises:
-            CertificateError: a duplicated header, oversize or undecodable values.
+            CertificateError: a duplicated header, oversize values.
         """
-        wanted = {h.lower().encode("latin-1"): h for h in self.header_names}
+        wanted = self._wanted
         found: dict[str, str] = {}
         for raw_name, raw_value in headers:
             header = wanted.get(raw_name)
@@ -139,18 +144,22 @@ class ProxyProfile:
                     header=header,
                 )
             found[header] = raw_value.decode("latin-1")
-        cert = found.get(self.cert_header)
-        verify = found.get(self.verify_header, "") if self.verify_header else ""
-        if not cert:
-            if verify and self.read_verify is not None and self.read_verify(verify) is False:
-                return Presented(self._source, None, proxy_verified=False, proxy_detail=verify)
+        if not found:
             return None
+        verify = found.get(self.verify_header, "") if self.verify_header else ""
         chain = found.get(self.chain_header) if self.chain_header else None
-        return self._presented(cert, chain, verify, max_bytes)
+        return self._presented(found.get(self.cert_header), chain, verify, max_bytes)
 
     def _presented(
-        self, cert: str, chain: str | None, verify: str, max_bytes: int
-    ) -> Presented:
+        self, cert: str | None, chain: str | None, verify: str, max_bytes: int
+    ) -> Presented | None:
+        read_verify = self.read_verify
+        verified = read_verify(verify) if (read_verify is not None and verify) else None
+        if not cert:
+            if verified is False:
+                # The proxy ran verification and refused: no header, but not "no certificate".
+                return Presented(self._source, None, None, None, None, False, verify)
+            return None
         size = len(cert) + (len(chain) if chain else 0)
         if size > max_bytes:
             raise CertificateError(
@@ -158,13 +167,11 @@ class ProxyProfile:
                 f"certificate headers of {size} bytes; the limit is {max_bytes}",
                 size=size,
             )
-        verified = self.read_verify(verify) if (self.read_verify and verify) else None
-        # Decoding waits until the verdict cache has missed: a repeat never pays for it.
-        # The key is the raw header text alone: one profile per authenticator, and TLS-layer
-        # keys are tuples, so they cannot collide.
+        # The key is the raw header text: one profile per authenticator, and a TLS-layer key is a
+        # tuple that starts with a certificate, so the two cannot collide.
         return Presented(
             self._source,
-            cert if chain is None else (cert, chain),
+            cert if chain is None else (self._source, cert, chain),
             None,
             (cert, chain),
             self._decode_pair,
