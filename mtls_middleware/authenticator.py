@@ -20,7 +20,14 @@ from cryptography import x509
 from .certs import fingerprint_der, parse_chain
 from .config import MTLSConfig
 from .der import NameCache, format_name, tbs_names
-from .errors import AuthorizationError, MTLSError, NoCertificateError, ProxyError, Reason
+from .errors import (
+    AuthorizationError,
+    CertificateError,
+    MTLSError,
+    NoCertificateError,
+    ProxyError,
+    Reason,
+)
 from .history import ACCEPTED, LoginRecord, MemoryHistory
 from .identity import Identity
 from .sources.base import Presented
@@ -371,7 +378,7 @@ class Authenticator:
             leaf = chain.leaf
             fp, subject, issuer, serial = self._leaf_facts(leaf, chain.leaf_der)
             facts = (ACCEPTED, presented.source, fp, subject, issuer, serial)
-            path = self.validator.validate(leaf, chain.intermediates, at=at)
+            path = self.validator.validate(leaf, chain.intermediates, at=at, subject=subject)
             principal = self._mapper.map(leaf, fp, self.store)
             if principal is None:
                 raise AuthorizationError(
@@ -431,10 +438,15 @@ class Authenticator:
             issuer = self._names.get(issuer_der)
         except (ValueError, IndexError):
             serial, subject, issuer = leaf.serial_number, None, None
-        if subject is None:
-            subject = leaf.subject.rfc4514_string()
-        if issuer is None:
-            issuer = leaf.issuer.rfc4514_string()
+        try:
+            if subject is None:
+                subject = leaf.subject.rfc4514_string()
+            if issuer is None:
+                issuer = leaf.issuer.rfc4514_string()
+        except ValueError as exc:  # cryptography parses names lazily: a bad one fails only now
+            raise CertificateError(
+                Reason.MALFORMED_CERTIFICATE, f"the certificate's names cannot be parsed: {exc}"
+            ) from None
         return fingerprint_der(der), subject, issuer, format(serial, "x")
 
     def _refuse(

@@ -30,8 +30,10 @@ _SHORT_NAMES = {
     bytes.fromhex("0992268993f22c640119"): "DC",
     bytes.fromhex("0992268993f22c640101"): "UID",
 }
-# UTF8String, PrintableString, IA5String: the value is the text itself.
+# UTF8String, PrintableString, IA5String: the value is the text itself. Each is decoded as
+# strictly as cryptography parses it, so a name formatted here is one cryptography would parse.
 _TEXT_TAGS = {0x0C: "utf-8", 0x13: "ascii", 0x16: "ascii"}
+_PRINTABLE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 '()+,-./:=?")
 _SPECIAL = frozenset('\\"+,;<>\0#')
 
 
@@ -136,8 +138,11 @@ def format_name(name: bytes) -> str | None:
         encoding = _TEXT_TAGS.get(value_tag)
         if encoding is None or value_end != atv_end:
             return None
+        raw = name[value_start:value_end]
+        if value_tag == 0x13 and not _PRINTABLE.issuperset(raw):
+            return None  # not a PrintableString: cryptography decides what that is
         label = _SHORT_NAMES.get(oid) or _oid_string(oid)
-        parts.append(f"{label}={_escape(name[value_start:value_end].decode(encoding))}")
+        parts.append(f"{label}={_escape(raw.decode(encoding))}")
         at = rdn_end
     parts.reverse()  # RFC 4514 2.1: the last RDN first
     return ",".join(parts)

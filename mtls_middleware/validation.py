@@ -156,29 +156,44 @@ class _PolicyMappings(x509.ExtensionType):
     oid = ExtensionOID.POLICY_MAPPINGS
 
 
-def _ca_key_usage(_policy: xv.Policy, _cert: x509.Certificate, ku: x509.KeyUsage | None) -> None:
+def _ca_key_usage_problem(ku: x509.KeyUsage | None) -> str:
     # RFC 5280 6.1.4 (n): only a keyUsage that is present must assert keyCertSign.
     if ku is not None and not ku.key_cert_sign:
-        raise ValueError("CA keyUsage does not assert keyCertSign")
+        return "CA keyUsage does not assert keyCertSign"
+    return ""
+
+
+def _ca_eku_problem(eku: x509.ExtendedKeyUsage | None) -> str:
+    # EKU chaining (a CA limited to other purposes issues no client certificates) is not RFC 5280,
+    # but Windows, NSS, Go and the library all apply it; only its criticality rule is relaxed.
+    if eku is not None and _CLIENT_AUTH not in eku and _ANY_EKU not in eku:
+        return "CA extendedKeyUsage lists neither clientAuth nor anyExtendedKeyUsage"
+    return ""
+
+
+def _ca_key_usage(_policy: xv.Policy, _cert: x509.Certificate, ku: x509.KeyUsage | None) -> None:
+    problem = _ca_key_usage_problem(ku)
+    if problem:
+        raise ValueError(problem)
 
 
 def _ca_extended_key_usage(
     _policy: xv.Policy, _cert: x509.Certificate, eku: x509.ExtendedKeyUsage | None
 ) -> None:
-    # EKU chaining (a CA limited to other purposes issues no client certificates) is not RFC 5280,
-    # but Windows, NSS, Go and the library all apply it; only its criticality rule is relaxed.
-    if eku is not None and _CLIENT_AUTH not in eku and _ANY_EKU not in eku:
-        raise ValueError("CA extendedKeyUsage lists neither clientAuth nor anyExtendedKeyUsage")
+    problem = _ca_eku_problem(eku)
+    if problem:
+        raise ValueError(problem)
 
 
-def _ca_extension_policy() -> xv.ExtensionPolicy:
+def _ca_extension_policy(*, checked: bool = True) -> xv.ExtensionPolicy:
+    """The CA profile; ``checked=False`` leaves out the keyUsage and EKU rules (see _CA_POLICY)."""
     agnostic = xv.Criticality.AGNOSTIC
     return (
         xv.ExtensionPolicy.webpki_defaults_ca()
         # RFC 5280 6.1.4 (k) needs cA=TRUE; criticality is a rule for CAs, not for verifiers.
         .require_present(x509.BasicConstraints, agnostic, None)
-        .may_be_present(x509.KeyUsage, agnostic, _ca_key_usage)
-        .may_be_present(x509.ExtendedKeyUsage, agnostic, _ca_extended_key_usage)
+        .may_be_present(x509.KeyUsage, agnostic, _ca_key_usage if checked else None)
+        .may_be_present(x509.ExtendedKeyUsage, agnostic, _ca_extended_key_usage if checked else None)
         # With initial-policy-set anyPolicy and no initial explicit policy, the policy tree decides
         # nothing unless requireExplicitPolicy takes effect, a case Validator refuses itself.
         .may_be_present(x509.CertificatePolicies, agnostic, None)
@@ -188,7 +203,16 @@ def _ca_extension_policy() -> xv.ExtensionPolicy:
     )
 
 
+# The reference profile: its verdicts are the validator's.
 _CA_POLICY = _ca_extension_policy()
+# The same without the keyUsage/EKU callbacks, which cost a Python call and an extension object
+# for every CA the library tries, root included, on every request (about 5 us measured). It
+# accepts a superset of _CA_POLICY's paths, and the library tries candidate issuers in the same
+# order under both, so a path it builds whose CAs meet the two rules (_CAFacts.usage_ok, read once
+# per CA) is the very path _CA_POLICY builds; a refusal when no candidate CA breaks them is
+# _CA_POLICY's refusal too, library message included. Validator builds with this first and falls
+# back to _CA_POLICY in every other case.
+_CA_POLICY_UNCHECKED = _ca_extension_policy(checked=False)
 
 
 def _ee_extension_policy(*, eku_required: bool, allow_dual: bool) -> xv.ExtensionPolicy:
@@ -261,15 +285,10 @@ class _CAFacts:
     require_explicit_policy: int | None
     maps_any_policy: bool
     rsa_bits: int | None
-
-    @property
-    def plain(self) -> bool:
-        """No extension here for the path checks to look at."""
-        return (
-            self.name_constraints is None
-            and self.require_explicit_policy is None
-            and not self.maps_any_policy
-        )
+    # Its keyUsage and EKU meet the rules of the CA callbacks (see _CA_POLICY_UNCHECKED).
+    usage_ok: bool
+    # No extension here for the path checks to look at.
+    plain: bool
 
 
 def _leaf_facts(leaf: x509.Certificate) -> _LeafFacts:
@@ -295,7 +314,7 @@ def _leaf_facts(leaf: x509.Certificate) -> _LeafFacts:
 
 
 def _ca_facts(cert: x509.Certificate) -> _CAFacts:
-    nc = rep = None
+    nc = rep = ku = eku = None
     maps_any = False
     for ext in cert.extensions:
         if ext.oid == ExtensionOID.NAME_CONSTRAINTS:
@@ -304,7 +323,33 @@ def _ca_facts(cert: x509.Certificate) -> _CAFacts:
             rep = ext.value.require_explicit_policy
         elif ext.oid == ExtensionOID.POLICY_MAPPINGS:
             maps_any = _maps_any_policy(ext.value.value)
-    return _CAFacts(nc, rep, maps_any, _rsa_bits(cert))
+        elif ext.oid == ExtensionOID.KEY_USAGE:
+            ku = ext.value
+        elif ext.oid == ExtensionOID.EXTENDED_KEY_USAGE:
+            eku = ext.value
+    usage_ok = not (_ca_key_usage_problem(ku) or _ca_eku_problem(eku))
+    plain = nc is None and rep is None and not maps_any
+    return _CAFacts(nc, rep, maps_any, _rsa_bits(cert), usage_ok, plain)
+
+
+def _ca_callbacks_pass(cert: x509.Certificate) -> bool:
+    """Whether _CA_POLICY's keyUsage/EKU callbacks would accept ``cert`` if the library tried it
+    as an issuer. They run only once it has shown cA=TRUE; False if its extensions are unreadable
+    (the callbacks' own parse may fail too)."""
+    try:
+        extensions = cert.extensions
+    except Exception:
+        return False
+    ca = False
+    ku = eku = None
+    for ext in extensions:
+        if ext.oid == ExtensionOID.BASIC_CONSTRAINTS:
+            ca = ext.value.ca
+        elif ext.oid == ExtensionOID.KEY_USAGE:
+            ku = ext.value
+        elif ext.oid == ExtensionOID.EXTENDED_KEY_USAGE:
+            eku = ext.value
+    return not ca or not (_ca_key_usage_problem(ku) or _ca_eku_problem(eku))
 
 
 def _maps_any_policy(value: bytes) -> bool:
@@ -646,8 +691,23 @@ class Validator:
                 self._facts[id(cert)] = _ca_facts(cert)
             except (ValueError, UnsupportedAlgorithm):
                 continue  # unreadable: the library refuses every path through it anyway
+        # Under 2048 bits the library has refused issuer keys already; above, it is ours to do.
+        self._ca_min_rsa_bits = bits if bits > 2048 else 0
+        # The configured CAs on which no rule of ours is left to check on any path: a path made of
+        # them alone skips the path rules (the usual case, e.g. a leaf behind nginx).
+        self._quiet = frozenset(
+            key
+            for key, fact in self._facts.items()
+            if fact.usage_ok
+            and fact.plain
+            and (fact.rsa_bits is None or fact.rsa_bits >= self._ca_min_rsa_bits)
+        )
+        self._configured_callbacks_pass = all(
+            _ca_callbacks_pass(cert) for cert in (*store, *self._intermediates)
+        )
         self._ee_policy = _ee_extension_policy(eku_required=self._eku_required, allow_dual=self._allow_dual)
-        self._verifier: tuple[int, dt.datetime, xv.ClientVerifier] | None = None
+        self._verifier: tuple[int, dt.datetime, xv.ClientVerifier] | None = None  # _CA_POLICY_UNCHECKED
+        self._checked_verifier: tuple[int, dt.datetime, xv.ClientVerifier] | None = None  # _CA_POLICY
         self._seen: dict[x509.Certificate, _CAFacts] = {}
         self._anchors_by_name: dict[_NameKey, list[x509.Certificate]] = {}
         for root in roots:
@@ -659,12 +719,15 @@ class Validator:
         presented: Sequence[x509.Certificate] = (),
         *,
         at: dt.datetime | None = None,
+        subject: str | None = None,
     ) -> ValidatedPath:
         """Build and check a path from ``leaf`` to a configured root.
 
         ``presented``: the other certificates the client sent, in any order (extra ones are
         ignored); the configured intermediates are tried as well. ``at``: the validation time
-        (default now; a naive datetime is taken as UTC; resolution one second).
+        (default now; a naive datetime is taken as UTC; resolution one second). ``subject``: the
+        leaf's RFC 4514 subject, when the caller has already read it from a subject that parses
+        (it saves parsing the subject again); None to let the validator read it.
 
         Returns the path, leaf first and trust anchor last.
 
@@ -677,7 +740,7 @@ class Validator:
                 certificates contain.
         """
         try:
-            return self._validate(leaf, presented, at)
+            return self._validate(leaf, presented, at, subject)
         except ValidationError:
             raise
         except Exception as exc:
@@ -694,26 +757,62 @@ class Validator:
         leaf: x509.Certificate,
         presented: Sequence[x509.Certificate],
         at: dt.datetime | None,
+        subject: str | None,
     ) -> ValidatedPath:
         when, verifier = self._verifier_at(at)
+        candidates = [*presented, *self._intermediates]
         try:
-            built = verifier.verify(leaf, [*presented, *self._intermediates]).chain
+            built = verifier.verify(leaf, candidates).chain
+        except xv.VerificationError as exc:
+            # Refused without the CA keyUsage/EKU rules, so refused with them. If no candidate
+            # breaks them, both profiles tried the same issuers: the same refusal and message.
+            if self._callbacks_pass(presented):
+                raise self._diagnose(leaf, presented, when, str(exc)) from None
+        else:
+            facts = self._usable_facts(built)
+            if facts is not None:
+                return self._finish(built, facts, subject)
+        return self._validate_checked(leaf, presented, candidates, when, subject)
+
+    def _validate_checked(
+        self,
+        leaf: x509.Certificate,
+        presented: Sequence[x509.Certificate],
+        candidates: list[x509.Certificate],
+        when: dt.datetime,
+        subject: str | None,
+    ) -> ValidatedPath:
+        """The verdict under the whole profile (_CA_POLICY), for every chain the quick build did
+        not settle: the same path, refusal and library message as without the quick build."""
+        _, verifier = self._verifier_at(when, checked=True)
+        try:
+            built = verifier.verify(leaf, candidates).chain
         except xv.VerificationError as exc:
             raise self._diagnose(leaf, presented, when, str(exc)) from None
+        return self._finish(built, None, subject)
+
+    def _finish(
+        self, built: Sequence[x509.Certificate], facts: Sequence[_CAFacts] | None, subject: str | None
+    ) -> ValidatedPath:
         anchor_of = self._anchor_of
         chain = tuple(anchor_of.get(id(c), c) for c in built) if anchor_of else tuple(built)
-        self._check_leaf_rules(chain)
-        self._check_path_rules(chain, built)
+        self._check_leaf_rules(chain, subject)
+        if facts is None:
+            facts = self._path_facts(built)  # after the leaf rules, as ever: which error wins stays
+        if facts:
+            self._check_path_rules(chain, facts)
         return ValidatedPath(chain)
 
-    def _verifier_at(self, at: dt.datetime | None) -> tuple[dt.datetime, xv.ClientVerifier]:
+    def _verifier_at(
+        self, at: dt.datetime | None, *, checked: bool = False
+    ) -> tuple[dt.datetime, xv.ClientVerifier]:
         # A verifier is bound to one validation time, in whole seconds. Building one costs about
         # as much as all the checks here together (~10 us measured in a request loop), so the last
-        # one is kept for the rest of its second. Replacing the tuple is atomic; verifiers are
-        # immutable.
+        # one of each CA profile is kept for the rest of its second. Replacing a tuple is atomic;
+        # verifiers are immutable.
         when = None if at is None else _utc_seconds(at)
         second = int(time.time()) if when is None else int(when.timestamp())
-        cached = self._verifier
+        cached = self._checked_verifier if checked else self._verifier
         if cached is not None and cached[0] == second:
             return cached[1], cached[2]
         if when is None:
@@ -723,10 +822,15 @@ class Validator:
             .store(self._store)
             .time(when)
             .max_chain_depth(self._max_depth)
-            .extension_policies(ca_policy=_CA_POLICY, ee_policy=self._ee_policy)
+            .extension_policies(
+                ca_policy=_CA_POLICY if checked else _CA_POLICY_UNCHECKED, ee_policy=self._ee_policy
+            )
             .build_client_verifier()
         )
-        self._verifier = (second, when, verifier)
+        if checked:
+            self._checked_verifier = (second, when, verifier)
+        else:
+            self._verifier = (second, when, verifier)
         return when, verifier
 
     # -- rules checked here rather than by the library ---------------------------------------------
@@ -747,11 +851,13 @@ class Validator:
             why = f"is not for client authentication: its extendedKeyUsage lists {listed}"
         return ValidationError(reason, f"client certificate {subject} {why}", subject=subject, index=0)
 
-    def _check_leaf_rules(self, chain: tuple[x509.Certificate, ...]) -> None:
+    def _check_leaf_rules(self, chain: tuple[x509.Certificate, ...], subject: str | None) -> None:
         leaf = chain[0]
-        # Cheap in the pipeline: the authenticator reads the subject anyway, and the cached
+        # Parsing the subject (which also refuses an unparseable one) costs ~20 us; a caller that
+        # has already read it (the authenticator, from the DER) hands its string in. The cached
         # extensions are parsed here only for the rare empty subject.
-        if not leaf.subject.rdns and not _leaf_facts(leaf).san_critical:
+        empty = subject == "" if subject is not None else not leaf.subject.rdns
+        if empty and not _leaf_facts(leaf).san_critical:
             raise _rule_error(
                 chain,
                 0,
@@ -767,14 +873,46 @@ class Validator:
                 f"has a {bits}-bit RSA key; at least {self._min_rsa_bits} bits are required",
             )
 
-    def _check_path_rules(
-        self, chain: tuple[x509.Certificate, ...], built: Sequence[x509.Certificate]
-    ) -> None:
+    def _path_facts(self, built: Sequence[x509.Certificate]) -> list[_CAFacts]:
+        """The facts of the CAs of a built path, the trust anchor included (as the library sees
+        it: a v1 root's stand-in), leaf's issuer first."""
+        known = self._facts
+        return [known.get(id(c)) or self._presented_facts(c) for c in built[1:]]
+
+    def _usable_facts(self, built: Sequence[x509.Certificate]) -> Sequence[_CAFacts] | None:
+        """The facts of a path built under _CA_POLICY_UNCHECKED if its CAs, anchor included, meet
+        the CA keyUsage/EKU rules, which makes it the path _CA_POLICY builds; else None. Empty if
+        its CAs are all quiet ones (nothing left to check)."""
+        quiet = self._quiet
+        for cert in built[1:]:
+            if id(cert) not in quiet:
+                break
+        else:
+            return ()
+        try:
+            facts = self._path_facts(built)
+        except Exception:
+            return None  # unreadable: _validate_checked meets it where it always did
+        for fact in facts:
+            if not fact.usage_ok:
+                return None
+        return facts
+
+    def _callbacks_pass(self, presented: Sequence[x509.Certificate]) -> bool:
+        """Whether the CA keyUsage/EKU callbacks pass on every certificate the library may try as
+        an issuer of this chain (configured ones and the presented)."""
+        if not self._configured_callbacks_pass:
+            return False
+        for cert in presented:
+            known = self._facts.get(id(cert)) or self._seen.get(cert)
+            if not (known.usage_ok if known is not None else _ca_callbacks_pass(cert)):
+                return False
+        return True
+
+    def _check_path_rules(self, chain: tuple[x509.Certificate, ...], facts: Sequence[_CAFacts]) -> None:
         """The rules the library cannot express, over the path it built."""
-        facts = [self._facts.get(id(c)) or self._presented_facts(c) for c in built[1:]]
         anchor = len(facts)  # the trust anchor's index: RFC 5280 does not process its extensions
-        # Under 2048 bits the library has refused issuer keys already; above, it is ours to do.
-        min_rsa_bits = self._min_rsa_bits if self._min_rsa_bits > 2048 else 0
+        min_rsa_bits = self._ca_min_rsa_bits
         explicit = False
         for index, fact in enumerate(facts, start=1):
             if fact.rsa_bits is not None and fact.rsa_bits < min_rsa_bits:

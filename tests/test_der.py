@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from mtls_middleware.certs import fingerprint, fingerprint_der, parse_chain
 from mtls_middleware.der import NameCache, format_name, tbs_names
+from mtls_middleware.errors import Reason
 from mtls_middleware.testing import TestPKI, generate_key, make_certificate
 
 _ASN1 = x509.name._ASN1Type  # the string types a name attribute may be encoded with
@@ -149,3 +150,42 @@ def test_pem_blocks_are_read_strictly_but_allow_text(module_pki: TestPKI, transf
         with pytest.raises(CertificateError) as info:
             parse_chain([data])
         assert info.value.reason is Reason.MALFORMED_CERTIFICATE
+
+
+def _patched_leaf(pki: TestPKI, marker: str, replacement: bytes, asn1: object) -> bytes:
+    """A leaf whose subject CN bytes were replaced after signing (parsing comes before checks)."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, marker, asn1, _validate=False)])
+    cert = make_certificate(
+        subject=subject, key=generate_key("ec", reuse=1), issuer=pki.issuing.cert,
+        issuer_key=pki.issuing.key, san_emails=("x@example.org",),
+    )
+    der = cert.public_bytes(serialization.Encoding.DER)
+    assert der.count(marker.encode()) == 1
+    return der.replace(marker.encode(), replacement)
+
+
+@pytest.mark.parametrize(
+    ("marker", "replacement", "asn1"),
+    [
+        pytest.param("ZZZZ", b"\xff\xfe\xfd\xfc", _ASN1.UTF8String, id="utf8-string-not-utf8"),
+        pytest.param("ZZZZ", b"a@b*", _ASN1.PrintableString, id="printable-string-bad-characters"),
+    ],
+)
+def test_unparseable_subject_is_malformed_never_a_500(module_pki: TestPKI, marker: str, replacement: bytes, asn1: object) -> None:
+    import base64
+
+    from werkzeug.test import Client
+
+    from mtls_middleware import MemoryStore, MTLSConfig
+    from mtls_middleware.wsgi import MTLSMiddleware
+
+    der = _patched_leaf(module_pki, marker, replacement, asn1)
+    pem = "-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(der).decode() + "-----END CERTIFICATE-----\n"
+    config = MTLSConfig(
+        trust_roots=[module_pki.root.cert], intermediates=[module_pki.issuing.cert],
+        store=MemoryStore(), revocation="off",
+    )
+    app = MTLSMiddleware(lambda environ, start_response: [], config)
+    response = Client(app).get("/", environ_base={"SSL_CLIENT_CERT": pem, "REMOTE_ADDR": "192.0.2.1"})
+    assert response.status_code == 400
+    assert response.get_json()["error"] == Reason.MALFORMED_CERTIFICATE.value
