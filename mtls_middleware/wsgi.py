@@ -6,7 +6,7 @@ import json
 import logging
 from collections.abc import Iterable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .authenticator import MISS, Authenticator
 from .config import MTLSConfig
@@ -81,8 +81,3 @@ class MTLSMiddleware:
         status, headers, body = error_response(error)
         start_response(status, headers)
         return [body]
-
-
-def get_identity(environ: dict[str, Any]) -> Any:
-    """The identity of an accepted WSGI request, or None."""
-    return environ.get(ENVIRON_KEY)

@@ -324,3 +324,13 @@ def assert_refusal_json(body: bytes, reason: Reason) -> dict[str, str]:
     for leak in ("Traceback", "detail", 'File "', "Error:", "Exception"):
         assert leak not in text
     return data  # type: ignore[no-any-return]
+
+
+def tls_config(pki: TestPKI, store: MemoryStore, **options: Any) -> MTLSConfig:
+    """The TLS-layer configuration both adapters' tests use."""
+    return config_for(pki, store, Presentation(), **options)
+
+
+def alice_tls(alice: Issued) -> Presentation:
+    """alice's chain as the TLS layer presents it."""
+    return Presentation(tls=pems(alice))

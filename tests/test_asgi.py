@@ -118,20 +118,12 @@ def make_app(config: MTLSConfig, **options: Any) -> tuple[MTLSMiddleware, EchoAp
     return MTLSMiddleware(inner, config, **options), inner
 
 
-def tls_config(pki: TestPKI, store: MemoryStore, **options: Any) -> MTLSConfig:
-    return pc.config_for(pki, store, pc.Presentation(), **options)
-
-
-def alice_tls(alice: Issued) -> pc.Presentation:
-    return pc.Presentation(tls=pc.pems(alice))
-
-
 # -- http -------------------------------------------------------------------------------------
 
 
 def test_accepted_request_carries_the_identity(pki: TestPKI, store: MemoryStore, alice: Issued) -> None:
-    app, inner = make_app(tls_config(pki, store))
-    response = http(app, alice_tls(alice))
+    app, inner = make_app(pc.tls_config(pki, store))
+    response = http(app, pc.alice_tls(alice))
     assert response.status == 200
     assert json.loads(response.body) == {"user": "alice"}
     identity = inner.scopes[-1][ENVIRON_KEY]
@@ -145,8 +137,8 @@ def test_accepted_request_carries_the_identity(pki: TestPKI, store: MemoryStore,
 
 
 def test_the_callers_scope_is_not_modified(pki: TestPKI, store: MemoryStore, alice: Issued) -> None:
-    app, inner = make_app(tls_config(pki, store))
-    scope = alice_tls(alice).asgi_scope()
+    app, inner = make_app(pc.tls_config(pki, store))
+    scope = pc.alice_tls(alice).asgi_scope()
     run(app, scope, [{"type": "http.request", "body": b""}])
     assert ENVIRON_KEY not in scope
     assert ENVIRON_KEY in inner.scopes[-1]
@@ -276,7 +268,7 @@ def test_http_refusal_through_httpx(pki: TestPKI, store: MemoryStore, alice: Iss
     ],
 )
 def test_tls_extension_subsets_mean_no_certificate(extensions: Any, pki: TestPKI, store: MemoryStore) -> None:
-    app, inner = make_app(tls_config(pki, store))
+    app, inner = make_app(pc.tls_config(pki, store))
     scope = pc.Presentation().asgi_scope()
     if extensions != "absent":
         scope["extensions"] = extensions
@@ -297,7 +289,7 @@ def test_tls_extension_subsets_mean_no_certificate(extensions: Any, pki: TestPKI
 def test_tls_extension_chain_shapes_accepted(
     shape: Any, pki: TestPKI, store: MemoryStore, alice: Issued
 ) -> None:
-    app, inner = make_app(tls_config(pki, store))
+    app, inner = make_app(pc.tls_config(pki, store))
     scope = pc.Presentation().asgi_scope()
     scope["extensions"] = {"tls": {"client_cert_chain": shape(pc.pems(alice))}}
     sent = run(app, scope, [{"type": "http.request", "body": b""}])
@@ -306,7 +298,7 @@ def test_tls_extension_chain_shapes_accepted(
 
 
 def test_optional_mode_lets_no_certificate_through(pki: TestPKI, store: MemoryStore) -> None:
-    app, inner = make_app(tls_config(pki, store, mode="optional"))
+    app, inner = make_app(pc.tls_config(pki, store, mode="optional"))
     response = http(app, pc.Presentation())
     assert response.status == 200
     assert ENVIRON_KEY not in inner.scopes[-1]
@@ -315,7 +307,7 @@ def test_optional_mode_lets_no_certificate_through(pki: TestPKI, store: MemorySt
 def test_optional_mode_still_refuses_a_bad_certificate(
     pki: TestPKI, store: MemoryStore, certs: pc.Certs
 ) -> None:
-    app, inner = make_app(tls_config(pki, store, mode="optional"))
+    app, inner = make_app(pc.tls_config(pki, store, mode="optional"))
     response = http(app, pc.Presentation(tls=pc.pems(certs.expired)))
     assert response.status == 403
     pc.assert_refusal_json(response.body, Reason.CERTIFICATE_EXPIRED)
@@ -328,7 +320,7 @@ def test_optional_mode_still_refuses_a_bad_certificate(
     ids=str,
 )
 def test_exempt_paths(path: str, exempt: bool, pki: TestPKI, store: MemoryStore) -> None:
-    app, inner = make_app(tls_config(pki, store, exempt_paths=["/health"]))
+    app, inner = make_app(pc.tls_config(pki, store, exempt_paths=["/health"]))
     response = http(app, pc.Presentation(), path=path)
     assert response.status == (200 if exempt else 401)
     assert len(inner.scopes) == (1 if exempt else 0)
@@ -349,7 +341,7 @@ def test_exempt_paths(path: str, exempt: bool, pki: TestPKI, store: MemoryStore)
 def test_websocket_refused_with_1008_and_the_reason_code(
     name: str | None, reason: Reason, certs: pc.Certs, pki: TestPKI, store: MemoryStore
 ) -> None:
-    app, inner = make_app(tls_config(pki, store))
+    app, inner = make_app(pc.tls_config(pki, store))
     presentation = pc.Presentation(tls=pc.pems(getattr(certs, name)) if name else ())
     sent = websocket(app, presentation)
     # Accepted and closed at once: a close before accepting reaches clients as a bare HTTP 403.
@@ -362,8 +354,8 @@ def test_websocket_refused_with_1008_and_the_reason_code(
 
 
 def test_websocket_accepted_sees_the_identity(pki: TestPKI, store: MemoryStore, alice: Issued) -> None:
-    app, inner = make_app(tls_config(pki, store))
-    sent = websocket(app, alice_tls(alice))
+    app, inner = make_app(pc.tls_config(pki, store))
+    sent = websocket(app, pc.alice_tls(alice))
     assert [m["type"] for m in sent] == ["websocket.accept", "websocket.send", "websocket.close"]
     assert json.loads(sent[1]["text"]) == {"user": "alice"}
     assert inner.scopes[-1][ENVIRON_KEY].user_id == "alice"
@@ -374,7 +366,7 @@ def test_websocket_accepted_sees_the_identity(pki: TestPKI, store: MemoryStore, 
 
 def test_lifespan_passes_through_untouched(pki: TestPKI, store: MemoryStore) -> None:
     history = MemoryHistory()
-    app, inner = make_app(tls_config(pki, store, history=history))
+    app, inner = make_app(pc.tls_config(pki, store, history=history))
     scope: dict[str, Any] = {"type": "lifespan", "asgi": {"version": "3.0"}}
 
     async def main() -> list[Message]:
@@ -419,7 +411,7 @@ def test_a_miss_runs_off_the_loop_and_a_hit_needs_no_executor(
     pki: TestPKI, store: MemoryStore, alice: Issued, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     executor = CountingExecutor()
-    app, inner = make_app(tls_config(pki, store), executor=executor)
+    app, inner = make_app(pc.tls_config(pki, store), executor=executor)
     validator = app.authenticator.validator
     real_validate = validator.validate
     validate_threads: list[int] = []
@@ -438,7 +430,7 @@ def test_a_miss_runs_off_the_loop_and_a_hit_needs_no_executor(
     monkeypatch.setattr(store, "resolve_certificate", resolve_spy)
 
     try:
-        assert http(app, alice_tls(alice)).status == 200
+        assert http(app, pc.alice_tls(alice)).status == 200
         loop_thread = inner.thread
         assert loop_thread is not None
         assert len(validate_threads) == 1
@@ -447,12 +439,12 @@ def test_a_miss_runs_off_the_loop_and_a_hit_needs_no_executor(
         assert loop_thread not in store_threads
         assert executor.submitted == 1
 
-        assert http(app, alice_tls(alice)).status == 200
+        assert http(app, pc.alice_tls(alice)).status == 200
         assert len(validate_threads) == 1  # a hit: nothing judged again
         assert executor.submitted == 1  # ... and nothing handed to the pool
     finally:
         executor.shutdown()
     # With the pool gone, a hit is still answered: it never needed one.
-    response = http(app, alice_tls(alice))
+    response = http(app, pc.alice_tls(alice))
     assert response.status == 200
     assert json.loads(response.body) == {"user": "alice"}

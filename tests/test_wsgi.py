@@ -52,20 +52,12 @@ def send(app: MTLSMiddleware, presentation: pc.Presentation, path: str = "/") ->
     return Client(app).get(path, headers=presentation.headers, environ_overrides=presentation.environ)
 
 
-def tls_config(pki: TestPKI, store: MemoryStore, **options: Any) -> MTLSConfig:
-    return pc.config_for(pki, store, pc.Presentation(), **options)
-
-
-def alice_tls(alice: Issued) -> pc.Presentation:
-    return pc.Presentation(tls=pc.pems(alice))
-
-
 # -- accepted ---------------------------------------------------------------------------------
 
 
 def test_accepted_request_carries_the_identity(pki: TestPKI, store: MemoryStore, alice: Issued) -> None:
-    app, inner = make_app(tls_config(pki, store))
-    response = send(app, alice_tls(alice))
+    app, inner = make_app(pc.tls_config(pki, store))
+    response = send(app, pc.alice_tls(alice))
     assert response.status_code == 200
     identity = inner.seen[-1][ENVIRON_KEY]
     assert isinstance(identity, Identity)
@@ -227,8 +219,8 @@ def test_a_fault_of_ours_fails_closed_without_a_trace(
     pki: TestPKI, store: MemoryStore, alice: Issued
 ) -> None:
     history = MemoryHistory()
-    app, inner = make_app(tls_config(pki, store, identity_mapper=ExplodingMapper(), history=history))
-    response = send(app, alice_tls(alice))
+    app, inner = make_app(pc.tls_config(pki, store, identity_mapper=ExplodingMapper(), history=history))
+    response = send(app, pc.alice_tls(alice))
     assert response.status_code == 500
     pc.assert_refusal_json(response.get_data(), Reason.INTERNAL_ERROR)
     assert "secret-token-123" not in response.get_data(as_text=True)
@@ -259,7 +251,7 @@ def test_optional_mode(
     pki: TestPKI,
     store: MemoryStore,
 ) -> None:
-    app, inner = make_app(tls_config(pki, store, mode="optional"))
+    app, inner = make_app(pc.tls_config(pki, store, mode="optional"))
     presentation = pc.Presentation(tls=pc.pems(getattr(certs, name)) if name else ())
     response = send(app, presentation)
     if reason is not None:
@@ -277,7 +269,7 @@ def test_optional_mode(
 
 
 def test_required_mode_refuses_what_optional_mode_lets_through(pki: TestPKI, store: MemoryStore) -> None:
-    app, _ = make_app(tls_config(pki, store))
+    app, _ = make_app(pc.tls_config(pki, store))
     response = send(app, pc.Presentation())
     assert response.status_code == 401
     pc.assert_refusal_json(response.get_data(), Reason.NO_CERTIFICATE)
@@ -303,7 +295,7 @@ def test_required_mode_refuses_what_optional_mode_lets_through(pki: TestPKI, sto
 )
 def test_exempt_paths(path: str, exempt: bool, pki: TestPKI, store: MemoryStore) -> None:
     history = MemoryHistory()
-    app, inner = make_app(tls_config(pki, store, exempt_paths=["/health", "/metrics"], history=history))
+    app, inner = make_app(pc.tls_config(pki, store, exempt_paths=["/health", "/metrics"], history=history))
     response = send(app, pc.Presentation(), path=path)
     if exempt:
         assert response.status_code == 200
@@ -337,7 +329,7 @@ def test_tls_layer_environ_keys(
         "uwsgi": {"HTTPS_CLIENT_CERTIFICATE": leaf + intermediate},
         "chain-gap": {"SSL_CLIENT_CERT": leaf, "SSL_CLIENT_CERT_CHAIN_1": intermediate},
     }[keys]
-    app, inner = make_app(tls_config(pki, store))
+    app, inner = make_app(pc.tls_config(pki, store))
     response = Client(app).get("/", environ_overrides=environ)
     assert response.status_code == status
     if status == 200:
@@ -352,7 +344,7 @@ def test_client_cannot_forge_the_tls_layer_keys_with_a_header(
     pki: TestPKI, store: MemoryStore, alice: Issued
 ) -> None:
     # A request header "SSL-Client-Cert" arrives as HTTP_SSL_CLIENT_CERT, never SSL_CLIENT_CERT.
-    app, _ = make_app(tls_config(pki, store))
+    app, _ = make_app(pc.tls_config(pki, store))
     response = Client(app).get("/", headers={"SSL-Client-Cert": pc.pems(alice)[0].replace("\n", "")})
     assert response.status_code == 401
     pc.assert_refusal_json(response.get_data(), Reason.NO_CERTIFICATE)
@@ -390,7 +382,7 @@ def test_trusted_peer_without_headers_has_no_certificate(pki: TestPKI, store: Me
 def test_untrusted_peer_without_headers_falls_back_to_the_tls_layer(
     pki: TestPKI, store: MemoryStore, alice: Issued
 ) -> None:
-    config = tls_config(pki, store, proxy="nginx", trusted_proxies=[pc.PROXY_PEER])
+    config = pc.tls_config(pki, store, proxy="nginx", trusted_proxies=[pc.PROXY_PEER])
     app, inner = make_app(config)
     response = send(app, pc.Presentation(tls=pc.pems(alice), peer=pc.STRANGER))
     assert response.status_code == 200
@@ -402,7 +394,7 @@ def test_untrusted_peer_without_headers_falls_back_to_the_tls_layer(
 
 def test_a_burst_of_requests_gives_one_record_each(pki: TestPKI, store: MemoryStore, certs: pc.Certs) -> None:
     history = MemoryHistory()
-    app, _ = make_app(tls_config(pki, store, history=history))
+    app, _ = make_app(pc.tls_config(pki, store, history=history))
     plan = ["alice", "bob", "expired", None] * 10  # cache hits and misses, accepted and refused
     expected = {
         "alice": "accepted",
@@ -419,9 +411,9 @@ def test_a_burst_of_requests_gives_one_record_each(pki: TestPKI, store: MemorySt
 
 def test_accepted_record_fields(pki: TestPKI, store: MemoryStore, alice: Issued) -> None:
     history = MemoryHistory()
-    app, _ = make_app(tls_config(pki, store, history=history))
+    app, _ = make_app(pc.tls_config(pki, store, history=history))
     for _ in range(2):  # the second is a verdict-cache hit: same record
-        send(app, alice_tls(alice))
+        send(app, pc.alice_tls(alice))
     first, second = list(history)
     for record in (first, second):
         assert record.outcome == "accepted"
@@ -442,8 +434,8 @@ def test_accepted_record_fields(pki: TestPKI, store: MemoryStore, alice: Issued)
 def test_history_goes_to_the_store_by_default(
     pki: TestPKI, store: MemoryStore, alice: Issued, bob: Issued
 ) -> None:
-    app, _ = make_app(tls_config(pki, store))
-    send(app, alice_tls(alice))
+    app, _ = make_app(pc.tls_config(pki, store))
+    send(app, pc.alice_tls(alice))
     send(app, pc.Presentation(tls=pc.pems(bob)))
     newest, oldest = store.login_history()
     assert (oldest.outcome, newest.outcome) == ("accepted", "unknown_certificate")
@@ -463,7 +455,7 @@ def test_certificate_expiring_in_two_seconds_is_refused_once_expired(
     )
     store.add_user("short", org="acme")
     store.upload_certificate(short.chain_pem, user_id="short")
-    app, _ = make_app(tls_config(pki, store))
+    app, _ = make_app(pc.tls_config(pki, store))
     presentation = pc.Presentation(tls=pc.pems(short))
     assert send(app, presentation).status_code == 200
     assert send(app, presentation).status_code == 200  # served from the verdict cache
