@@ -265,11 +265,7 @@ class Authenticator:
             if profile.carries_certificate_wsgi(environ):
                 for key in profile.environ_keys:
                     environ.pop(key, None)
-                raise ProxyError(
-                    Reason.UNTRUSTED_PROXY,
-                    f"certificate headers from {peer or 'a UNIX socket'}, which is not a "
-                    "trusted proxy; headers ignored",
-                )
+                raise _untrusted_proxy(peer)
             return from_wsgi_environ(environ)
         except MTLSError as exc:
             self._record_refusal(exc, self._source_kind, environ.get("REMOTE_ADDR"), ())
@@ -293,11 +289,7 @@ class Authenticator:
             if self._trusted.contains(peer):
                 return profile.extract_headers(headers, max_bytes=self._max_bytes)
             if profile.carries_certificate_headers(headers):
-                raise ProxyError(
-                    Reason.UNTRUSTED_PROXY,
-                    f"certificate headers from {peer or 'a UNIX socket'}, which is not a "
-                    "trusted proxy; headers ignored",
-                )
+                raise _untrusted_proxy(peer)
             return from_asgi_scope(scope)
         except MTLSError as exc:
             self._record_refusal(exc, self._source_kind, peer, ())
@@ -528,6 +520,14 @@ class Authenticator:
         if self._cache is not None:
             with self._cache_lock:
                 self._cache.clear()
+
+
+def _untrusted_proxy(peer: str | None) -> ProxyError:
+    return ProxyError(
+        Reason.UNTRUSTED_PROXY,
+        f"certificate headers from {peer or 'a UNIX socket'}, which is not a trusted proxy; "
+        "headers ignored",
+    )
 
 
 def _no_hit(_: Mapping[str, Any]) -> Identity | None:

@@ -96,7 +96,8 @@ class ProxyProfile:
 
     @property
     def environ_keys(self) -> tuple[str, ...]:
-        return tuple(_environ_key(h) for h in self.header_names)
+        """The WSGI environ keys of :attr:`header_names`."""
+        return tuple(k for k in (self._cert_key, self._chain_key, self._verify_key) if k)
 
     def carries_certificate_wsgi(self, environ: Mapping[str, object]) -> bool:
         """True when any of this profile's headers is present (used on untrusted peers)."""
