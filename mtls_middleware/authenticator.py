@@ -30,6 +30,8 @@ from .errors import (
 )
 from .history import ACCEPTED, LoginRecord, MemoryHistory
 from .identity import Identity
+from .metrics import MeteredSink
+from .revocation.checker import RevocationChecker
 from .sources.base import Presented
 from .sources.tls import (
     asgi_chain_values,
@@ -85,6 +87,10 @@ _new_record = tuple.__new__
 # Refusals that may change without the bytes or the store changing are not remembered.
 _UNCACHEABLE = frozenset({Reason.CERTIFICATE_NOT_YET_VALID, Reason.INTERNAL_ERROR})
 
+# A responder that is down is asked again soon, but not by every request of a burst: each would
+# wait for the timeout while the first one already knows the answer.
+_UNAVAILABLE_TTL = 5.0
+
 
 class Authenticator:
     """Authenticates presented client certificates according to one :class:`MTLSConfig`.
@@ -106,7 +112,15 @@ class Authenticator:
             )
         )
         self.store = config.resolved_store
-        self.history = config.history_sink
+        self.history = (
+            config.history_sink
+            if config.metrics is None
+            else MeteredSink(config.history_sink, config.metrics)
+        )
+        policy = config.revocation_policy
+        self.revocation: RevocationChecker | None = (
+            RevocationChecker(policy) if policy is not None else None
+        )
         self._mapper = config.identity_mapper
         self._profile = config.profile
         self._trusted = config.trusted
@@ -371,6 +385,14 @@ class Authenticator:
             fp, subject, issuer, serial = self._leaf_facts(leaf, chain.leaf_der)
             facts = (ACCEPTED, presented.source, fp, subject, issuer, serial)
             path = self.validator.validate(leaf, chain.intermediates, at=at, subject=subject)
+            # Never outlive any certificate of the validated path, nor the revocation data.
+            expires = min(c.not_valid_after_utc for c in path.chain).timestamp()
+            if self.revocation is not None:
+                outcome = self.revocation.check(path.chain, now=at)
+                revocation, checks, described = outcome.summary, outcome.checks, outcome.describe()
+                expires = min(expires, outcome.expires)
+            else:
+                revocation, checks, described = "off", (), ""
             principal = self._mapper.map(leaf, fp, self.store)
             if principal is None:
                 raise AuthorizationError(
@@ -398,11 +420,10 @@ class Authenticator:
                 certificate=leaf,
                 chain=path.chain,
                 source=presented.source,
-                revocation="off",
+                revocation=revocation,
+                revocation_checks=checks,
                 permissions=principal.permissions,
             )
-            # Never outlive any certificate of the validated path.
-            expires = min(c.not_valid_after_utc for c in path.chain).timestamp()
         except MTLSError as exc:
             return self._refuse(exc, presented, peer, facts, generation, at)
         except Exception as exc:  # a fault of ours or of a plug-in: fail closed, never a 500 trace
@@ -410,9 +431,12 @@ class Authenticator:
             error = MTLSError(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
             return self._refuse(error, presented, peer, facts, generation, at)
 
-        facts = (*facts, "", identity.revocation)
+        facts = (*facts, described, revocation)
         if at is None and self._cache is not None:
-            self._remember(presented.key, _Verdict(identity, None, facts, expires, generation))
+            # Later requests reuse this verdict: their records say so rather than repeating a
+            # responder's timing that they did not spend.
+            cached = (*facts[:8], f"{described} (verdict cached)" if described else "", revocation)
+            self._remember(presented.key, _Verdict(identity, None, cached, expires, generation))
         if presented.proxy_verified is False:
             return self._proxy_refused(presented, peer, facts)
         self._record(_new_record(LoginRecord, (*facts, time.time(), peer)))
@@ -450,9 +474,16 @@ class Authenticator:
         generation: int,
         at: dt.datetime | None,
     ) -> Identity:
-        full = (error.reason.value, *facts[1:], *(None,) * (8 - len(facts)), error.detail, None)
+        revocation = error.context.get("revocation")
+        full = (
+            error.reason.value, *facts[1:], *(None,) * (8 - len(facts)), error.detail,
+            revocation if isinstance(revocation, str) else None,
+        )
         if at is None and self._cache is not None and error.reason not in _UNCACHEABLE:
-            expires = time.time() + self._negative_ttl
+            ttl = self._negative_ttl
+            if error.reason is Reason.REVOCATION_UNAVAILABLE:
+                ttl = min(ttl, _UNAVAILABLE_TTL)
+            expires = time.time() + ttl
             self._remember(presented.key, _Verdict(None, error, full, expires, generation))
         self._record(_new_record(LoginRecord, (*full, time.time(), peer)))
         log.info(
@@ -520,6 +551,11 @@ class Authenticator:
         if self._cache is not None:
             with self._cache_lock:
                 self._cache.clear()
+
+    def close(self) -> None:
+        """Stop background work (CRL refreshers). The authenticator must not be used after."""
+        if self.revocation is not None:
+            self.revocation.close()
 
 
 def _untrusted_proxy(peer: str | None) -> ProxyError:

@@ -14,6 +14,8 @@ from .certs import MAX_CHAIN_LENGTH
 from .errors import ConfigurationError
 from .history import HistorySink
 from .identity import FingerprintMapper, IdentityMapper
+from .metrics import MetricsHook
+from .revocation.checker import RevocationPolicy
 from .sources.proxies import ProxyProfile, get_profile
 from .sources.trust import TrustedProxies
 from .stores import Store, open_store
@@ -26,6 +28,7 @@ CertificatesInput = Union[str, "os.PathLike[str]", bytes, Sequence[x509.Certific
 Mode = Literal["required", "optional"]
 RevocationMode = Literal["require", "soft-fail", "off"]
 EkuPolicy = Literal["required", "if-present"]
+RevocationScope = Literal["chain", "leaf"]
 
 
 def _load_certificates(value: CertificatesInput, what: str) -> tuple[x509.Certificate, ...]:
@@ -74,8 +77,27 @@ class MTLSConfig:
         proxy_headers: other header names for the profile: keys ``cert``, ``chain``, ``verify``.
         mode: ``"required"`` refuses requests without a certificate; ``"optional"`` lets them
             through without an identity (a presented certificate must still be good).
-        revocation: ``"require"``, ``"soft-fail"`` or ``"off"``. This version has no revocation
-            checking: anything but ``"off"`` is refused at start-up rather than silently skipped.
+        revocation: ``"require"`` (fail closed: a certificate whose status cannot be established
+            is refused), ``"soft-fail"`` (refuse only what is known revoked; record the rest) or
+            ``"off"``. OCSP is asked first; the CRL when OCSP fails, answers unknown or is not
+            offered.
+        revocation_scope: ``"chain"``: every certificate of the path but the trust anchor;
+            ``"leaf"``: the client certificate only.
+        crls: CRLs to consult besides the certificates' own distribution points: file paths
+            (PEM or DER, re-read when they change) and ``http(s)://`` URLs.
+        ocsp: ask OCSP responders at all (False: CRLs only).
+        ocsp_responder: one responder URL used for every certificate instead of their AIA.
+        ocsp_responder_certificates: pinned responder certificates, trusted to sign responses
+            for any issuer.
+        ocsp_nonce: send a nonce (and require it echoed); responses are then never shared.
+        revocation_timeout: seconds allowed to connect to, and for each read from, a responder
+            or CRL server.
+        revocation_deadline: the most seconds of revocation I/O one request may wait for.
+        revocation_clock_skew: seconds of clock difference tolerated on thisUpdate/nextUpdate.
+        revocation_max_age: refuse OCSP responses and CRLs older than this many seconds
+            (None: their nextUpdate alone decides).
+        max_crl_bytes: the largest CRL fetched.
+        metrics: a :class:`~mtls_middleware.metrics.MetricsHook` counting attempts per outcome.
         intermediates: intermediate CA certificates known to the deployment, for proxies that
             forward only the leaf (nginx).
         eku: ``"required"``: the leaf must carry the Client Authentication EKU;
@@ -102,6 +124,17 @@ class MTLSConfig:
     proxy_headers: Mapping[str, str] = field(default_factory=dict)
     mode: Mode = "required"
     revocation: RevocationMode = "require"
+    revocation_scope: RevocationScope = "chain"
+    crls: Sequence[str | os.PathLike[str]] = ()
+    ocsp: bool = True
+    ocsp_responder: str | None = None
+    ocsp_responder_certificates: CertificatesInput = ()
+    ocsp_nonce: bool = False
+    revocation_timeout: float = 3.0
+    revocation_deadline: float = 10.0
+    revocation_clock_skew: float = 300.0
+    revocation_max_age: float | None = None
+    max_crl_bytes: int = 128 * 1024 * 1024
     intermediates: CertificatesInput = ()
     eku: EkuPolicy = "required"
     allow_dual_purpose_eku: bool = False
@@ -113,6 +146,7 @@ class MTLSConfig:
     history: HistorySink | None = None
     cache_size: int = 10_000
     negative_cache_seconds: float = 60.0
+    metrics: MetricsHook | None = None
 
     # Normalised forms, derived once here so the request path reads them directly.
     roots: tuple[x509.Certificate, ...] = field(init=False, repr=False)
@@ -121,6 +155,7 @@ class MTLSConfig:
     trusted: TrustedProxies = field(init=False, repr=False)
     resolved_store: Store = field(init=False, repr=False)
     history_sink: HistorySink = field(init=False, repr=False)
+    revocation_policy: RevocationPolicy | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         def put(name: str, value: object) -> None:
@@ -183,12 +218,9 @@ class MTLSConfig:
 
         _choice("mode", self.mode, ("required", "optional"))
         _choice("revocation", self.revocation, ("require", "soft-fail", "off"))
-        if self.revocation != "off":
-            raise ConfigurationError(
-                detail=f"revocation={self.revocation!r}: this version of mtls_middleware cannot "
-                "check revocation (OCSP/CRL) yet, and will not pretend to; set "
-                "revocation='off' explicitly to run without revocation checking"
-            )
+        put("revocation_policy", self._revocation_policy(roots))
+        if self.metrics is not None and not isinstance(self.metrics, MetricsHook):
+            raise ConfigurationError(detail="metrics must have an attempt(outcome, revocation) method")
         _choice("eku", self.eku, ("required", "if-present"))
         if not isinstance(self.min_rsa_bits, int) or self.min_rsa_bits < 2048:
             raise ConfigurationError(
@@ -220,6 +252,66 @@ class MTLSConfig:
             or self.negative_cache_seconds < 0
         ):
             raise ConfigurationError(detail="negative_cache_seconds must be 0 or more")
+
+    def _revocation_policy(self, roots: tuple[x509.Certificate, ...]) -> RevocationPolicy | None:
+        _choice("revocation_scope", self.revocation_scope, ("chain", "leaf"))
+        if isinstance(self.crls, (str, bytes, os.PathLike)):
+            raise ConfigurationError(detail=f"crls must be a list: write [{self.crls!r}]")
+        files: list[str] = []
+        urls: list[str] = []
+        for entry in self.crls:
+            text = os.fspath(entry)
+            if not isinstance(text, str):
+                raise ConfigurationError(detail=f"crls entry {entry!r} must be a path or a URL")
+            if text.lower().startswith(("http://", "https://")):
+                urls.append(text)
+            elif "://" in text:
+                raise ConfigurationError(
+                    detail=f"crls entry {text!r}: only file paths and http(s):// URLs are supported"
+                )
+            else:
+                if not os.access(text, os.R_OK):
+                    raise ConfigurationError(detail=f"crls entry {text!r}: cannot read this file")
+                files.append(text)
+        if self.ocsp_responder is not None and not str(self.ocsp_responder).lower().startswith(
+            ("http://", "https://")
+        ):
+            raise ConfigurationError(
+                detail=f"ocsp_responder={self.ocsp_responder!r} must be an http:// or https:// URL"
+            )
+        for name in ("revocation_timeout", "revocation_deadline", "revocation_clock_skew"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigurationError(detail=f"{name}={value!r} must be a number of seconds >= 0")
+        if self.revocation_timeout <= 0 or self.revocation_deadline <= 0:
+            raise ConfigurationError(detail="revocation_timeout and revocation_deadline must be above 0")
+        if self.revocation_max_age is not None and (
+            isinstance(self.revocation_max_age, bool)
+            or not isinstance(self.revocation_max_age, (int, float))
+            or self.revocation_max_age <= 0
+        ):
+            raise ConfigurationError(detail="revocation_max_age must be None or seconds above 0")
+        if not isinstance(self.max_crl_bytes, int) or self.max_crl_bytes < 1024:
+            raise ConfigurationError(detail=f"max_crl_bytes={self.max_crl_bytes!r}: use 1024 or more")
+        pinned = _load_certificates(self.ocsp_responder_certificates, "ocsp_responder_certificates")
+        if self.revocation == "off":
+            return None
+        return RevocationPolicy(
+            mode=self.revocation,
+            scope=self.revocation_scope,
+            crl_files=tuple(files),
+            crl_urls=tuple(urls),
+            ocsp=bool(self.ocsp),
+            ocsp_responder=self.ocsp_responder,
+            ocsp_responder_certificates=pinned,
+            ocsp_nonce=bool(self.ocsp_nonce),
+            timeout=float(self.revocation_timeout),
+            deadline=float(self.revocation_deadline),
+            clock_skew=float(self.revocation_clock_skew),
+            max_age=None if self.revocation_max_age is None else float(self.revocation_max_age),
+            max_crl_bytes=self.max_crl_bytes,
+            crl_signers=(*self.intermediate_certificates, *roots),
+        )
 
     def is_exempt(self, path: str) -> bool:
         """True when ``path`` is an exempt path or lies below one.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -12,6 +12,7 @@ from cryptography.x509.oid import NameOID
 from .stores.base import Principal, Store
 
 __all__ = [
+    "ENFORCE_MTLS",
     "ENVIRON_KEY",
     "FingerprintMapper",
     "Identity",
@@ -19,6 +20,7 @@ __all__ = [
     "SanEmailMapper",
     "SubjectMapper",
     "UpnMapper",
+    "require_certificate_login",
 ]
 
 #: Where the identity of an accepted request is put: ``environ[...]`` (WSGI), ``scope[...]`` (ASGI).
@@ -34,7 +36,9 @@ class Identity:
     ``fingerprint`` is the SHA-256 of the leaf's DER (lowercase hex); ``subject`` and ``issuer``
     are RFC 4514 strings; ``serial`` is lowercase hex; ``chain`` is the validated path, leaf first
     and trust anchor last; ``source`` says where the certificate came from (``tls:environ``,
-    ``tls:socket``, ``tls:asgi``, ``proxy:nginx`` ...); ``revocation`` how status was established.
+    ``tls:socket``, ``tls:asgi``, ``proxy:nginx`` ...); ``revocation`` how status was established
+    (``"ocsp:good"``, ``"crl:good"``, ``"soft-fail:..."`` or ``"off"``), and ``revocation_checks``
+    what each check did (method, responder or CRL, cache hit, time).
     """
 
     user_id: str
@@ -49,6 +53,7 @@ class Identity:
     chain: tuple[x509.Certificate, ...] = field(repr=False)
     source: str
     revocation: str = "off"
+    revocation_checks: tuple[Any, ...] = field(default=(), repr=False)
     permissions: frozenset[str] = frozenset()
 
     def has_permission(self, permission: str) -> bool:
@@ -144,3 +149,31 @@ def _der_utf8(value: bytes) -> str | None:
         return body.decode("utf-8")
     except UnicodeDecodeError:
         return None
+
+
+#: The permission that makes certificate login the only way in for a user.
+ENFORCE_MTLS = "enforce_mtls"
+
+
+def require_certificate_login(store: Store, user_id: str, identity: Identity | None) -> None:
+    """Refuse a user who must log in by certificate but arrived another way.
+
+    For apps with other login methods (passwords, SSO): call it after such a login succeeds,
+    with the request's certificate identity (None when the request carried none). A user whose
+    permissions include ``enforce_mtls`` passes only when ``identity`` is that user's own.
+    Users unknown to the store pass: they are not the store's to restrict.
+
+    Raises:
+        NoCertificateError: ``no_certificate``, the user must present their certificate.
+    """
+    from .errors import NoCertificateError, Reason
+
+    principal = store.resolve_user(user_id)
+    if principal is None or ENFORCE_MTLS not in principal.permissions:
+        return
+    if identity is not None and identity.user_id == user_id and identity.org == principal.org:
+        return
+    raise NoCertificateError(
+        Reason.NO_CERTIFICATE,
+        f"user {user_id!r} must log in with a client certificate (enforce_mtls)",
+    )

@@ -34,9 +34,13 @@ __all__ = [
     "Issued",
     "KeyType",
     "PrivateKey",
+    "RevokedSpec",
     "TestPKI",
+    "crl_bytes",
     "generate_key",
+    "issue_crl_signer",
     "make_certificate",
+    "make_crl",
     "name",
 ]
 
@@ -361,3 +365,103 @@ class TestPKI:
         path = directory / "root.pem"
         path.write_bytes(self.root_pem)
         return path
+
+
+# -- CRLs -----------------------------------------------------------------------------------------
+RevokedSpec = tuple[int, dt.datetime | None, x509.ReasonFlags | None]
+
+
+def make_crl(
+    issuer: Issued,
+    revoked: Iterable[RevokedSpec | int] = (),
+    *,
+    this_update: dt.datetime | None = None,
+    next_update: dt.datetime | None = None,
+    signer_key: PrivateKey | None = None,
+    issuer_name: x509.Name | None = None,
+    extensions: Sequence[tuple[x509.ExtensionType, bool]] = (),
+    entry_extensions: Sequence[tuple[x509.ExtensionType, bool]] = (),
+    hash_algorithm: hashes.HashAlgorithm | object | None = _DEFAULT,
+) -> x509.CertificateRevocationList:
+    """A CRL of ``issuer`` listing ``revoked`` serials.
+
+    ``revoked`` holds serials or ``(serial, revocation time or None, reason or None)`` tuples.
+    Defaults: thisUpdate an hour ago, nextUpdate in a day,
+    signed by ``issuer.key`` with ``issuer.cert``'s subject as the CRL issuer. ``signer_key``
+    signs with another key (a separate CRL key, or a forgery); ``issuer_name`` names another
+    issuer; ``extensions`` are added to the CRL and ``entry_extensions`` to every entry.
+    """
+    now = _now()
+    this_update = this_update or now - dt.timedelta(hours=1)
+    next_update = next_update or now + dt.timedelta(days=1)
+    entries = []
+    for item in revoked:
+        serial, when, reason = (item, None, None) if isinstance(item, int) else item
+        entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(
+            when or this_update - dt.timedelta(minutes=5)
+        )
+        if reason is not None:
+            entry = entry.add_extension(x509.CRLReason(reason), critical=False)
+        for ext, critical in entry_extensions:
+            entry = entry.add_extension(ext, critical=critical)
+        entries.append(entry.build())
+    # All entries at once: add_revoked_certificate copies the list each time (quadratic).
+    builder = x509.CertificateRevocationListBuilder(
+        issuer_name=issuer_name if issuer_name is not None else issuer.cert.subject,
+        last_update=this_update,
+        next_update=next_update,
+        revoked_certificates=entries,
+    )
+    for ext, critical in extensions:
+        builder = builder.add_extension(ext, critical=critical)
+    key = signer_key or issuer.key
+    algorithm: hashes.HashAlgorithm | None
+    if hash_algorithm is _DEFAULT:
+        algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    else:
+        algorithm = hash_algorithm  # type: ignore[assignment]
+    return builder.sign(key, algorithm)  # type: ignore[arg-type]
+
+
+def crl_bytes(crl: x509.CertificateRevocationList, *, pem: bool = False) -> bytes:
+    """The DER (or PEM) encoding of ``crl``."""
+    return crl.public_bytes(serialization.Encoding.PEM if pem else serialization.Encoding.DER)
+
+
+def issue_crl_signer(
+    pki: TestPKI, ca: Issued, *, parent: Issued | None = None, crl_sign: bool = True, **options: Any
+) -> Issued:
+    """A separate CRL-signing certificate for ``ca``: same subject, its own key, keyUsage cRLSign
+    only (digitalSignature only with ``crl_sign=False``), issued by ``parent`` (default: the root,
+    which issued ``pki.issuing``)."""
+    parent = parent or pki.root
+    key = generate_key(pki.key_type)
+    options.setdefault("eku", None)
+    options.setdefault("key_usage", False)
+    extra = list(options.pop("extra_extensions", ()))
+    extra.append(
+        (
+            x509.KeyUsage(
+                digital_signature=not crl_sign,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=crl_sign,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            True,
+        )
+    )
+    cert = make_certificate(
+        subject=ca.cert.subject,
+        key=key,
+        issuer=parent.cert,
+        issuer_key=parent.key,
+        ca=False,
+        extra_extensions=extra,
+        **options,
+    )
+    return Issued(cert, key, (parent.cert,) if parent is not pki.root else ())

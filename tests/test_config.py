@@ -46,9 +46,20 @@ INVALID = [
     pytest.param({**NGINX, "proxy_headers": {"client": "X-Cert"}}, id="proxy_headers-unknown-key"),
     pytest.param({**NGINX, "proxy_headers": {"cert": "X Cert"}}, id="proxy_headers-bad-name"),
     pytest.param({**NGINX, "proxy_headers": {"chain": "X-Chain"}}, id="proxy_headers-no-such-role"),
-    pytest.param({"revocation": "require"}, id="revocation-require-refuses-to-start"),
-    pytest.param({"revocation": "soft-fail"}, id="revocation-soft-fail-refuses-to-start"),
     pytest.param({"revocation": "maybe"}, id="revocation-unknown"),
+    pytest.param({"revocation": "require", "revocation_scope": "all"}, id="revocation_scope-unknown"),
+    pytest.param({"revocation": "require", "crls": "/etc/ca.crl"}, id="crls-plain-string"),
+    pytest.param({"revocation": "require", "crls": ["/nonexistent/ca.crl"]}, id="crls-missing-file"),
+    pytest.param({"revocation": "require", "crls": ["ldap://dir/cn=ca"]}, id="crls-ldap-url"),
+    pytest.param({"revocation": "require", "ocsp_responder": "ocsp.example"}, id="ocsp_responder-not-a-url"),
+    pytest.param({"revocation": "require", "revocation_timeout": 0}, id="revocation_timeout-zero"),
+    pytest.param({"revocation": "require", "revocation_deadline": -1}, id="revocation_deadline-negative"),
+    pytest.param({"revocation": "require", "revocation_timeout": "3"}, id="revocation_timeout-a-string"),
+    pytest.param({"revocation": "require", "revocation_max_age": 0}, id="revocation_max_age-zero"),
+    pytest.param({"revocation": "require", "max_crl_bytes": 10}, id="max_crl_bytes-tiny"),
+    pytest.param(
+        {"revocation": "require", "ocsp_responder_certificates": b"garbage"}, id="pinned-responder-garbage"
+    ),
     pytest.param({"mode": "sometimes"}, id="mode-unknown"),
     pytest.param({"eku": "never"}, id="eku-unknown"),
     pytest.param({"min_rsa_bits": 1024}, id="min_rsa_bits-1024"),
@@ -85,11 +96,28 @@ def test_invalid_setting_is_refused_at_construction(base: dict[str, Any], overri
     assert info.value.detail != Reason.CONFIGURATION_ERROR.message  # says what to fix
 
 
-def test_revocation_defaults_to_require_and_so_refuses_to_start(pki: TestPKI) -> None:
-    # This version cannot check revocation: not choosing "off" must not silently pass.
-    with pytest.raises(ConfigurationError) as info:
-        MTLSConfig(trust_roots=[pki.root.cert], store=MemoryStore())
-    assert info.value.reason is Reason.CONFIGURATION_ERROR
+def test_revocation_defaults_to_require(pki: TestPKI) -> None:
+    config = MTLSConfig(trust_roots=[pki.root.cert], store=MemoryStore())
+    assert config.revocation == "require"
+    assert config.revocation_policy is not None
+    assert config.revocation_policy.mode == "require"
+    assert config.revocation_policy.scope == "chain"
+
+
+def test_revocation_off_has_no_policy(base: dict[str, Any]) -> None:
+    assert MTLSConfig(**base).revocation_policy is None
+
+
+def test_crls_split_into_files_and_urls(base: dict[str, Any], tmp_path: Path) -> None:
+    crl = tmp_path / "ca.crl"
+    crl.write_bytes(b"")  # read by the checker, not here
+    config = MTLSConfig(
+        **{**base, "revocation": "soft-fail", "crls": [crl, "http://127.0.0.1:9/ca.crl"]}
+    )
+    assert config.revocation_policy is not None
+    assert config.revocation_policy.crl_files == (str(crl),)
+    assert config.revocation_policy.crl_urls == ("http://127.0.0.1:9/ca.crl",)
+    assert config.revocation_policy.mode == "soft-fail"
 
 
 def test_empty_roots_file(tmp_path: Path, base: dict[str, Any]) -> None:

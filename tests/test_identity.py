@@ -244,3 +244,52 @@ def test_identity_is_frozen_and_has_permissions(pki: TestPKI, alice: Issued) -> 
 
 def test_environ_key() -> None:
     assert ENVIRON_KEY == "mtls_middleware.identity"
+
+
+# -- require_certificate_login: apps with other login methods ---------------------------------
+
+
+def _identity_for(store: MemoryStore, pki: TestPKI, alice: Issued) -> Identity:
+    inner: list[Identity] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        inner.append(environ[ENVIRON_KEY])
+        start_response("200 OK", [])
+        return [b""]
+
+    config = MTLSConfig(
+        trust_roots=[pki.root.cert], intermediates=[pki.issuing.cert], store=store, revocation="off"
+    )
+    pem = alice.cert.public_bytes(serialization.Encoding.PEM).decode()
+    Client(MTLSMiddleware(app, config)).get("/", environ_overrides={"SSL_CLIENT_CERT": pem})
+    return inner[0]
+
+
+@pytest.mark.parametrize(
+    ("permissions", "with_certificate", "user", "refused"),
+    [
+        pytest.param(("enforce_mtls",), False, "alice", True, id="enforced-without-certificate"),
+        pytest.param(("enforce_mtls",), True, "alice", False, id="enforced-with-own-certificate"),
+        pytest.param(("enforce_mtls",), True, "carol", True, id="enforced-with-someone-elses-certificate"),
+        pytest.param((), False, "alice", False, id="not-enforced"),
+        pytest.param(("api_only",), False, "alice", False, id="other-permission"),
+        pytest.param(("enforce_mtls",), False, "nobody", False, id="unknown-user"),
+    ],
+)
+def test_require_certificate_login(
+    pki: TestPKI, alice: Issued, permissions: tuple[str, ...], with_certificate: bool, user: str, refused: bool
+) -> None:
+    from mtls_middleware import NoCertificateError, Reason
+    from mtls_middleware.identity import require_certificate_login
+
+    store = MemoryStore()
+    store.add_user("alice", org="acme", permissions=permissions)
+    store.add_user("carol", org="acme", permissions=permissions)
+    store.upload_certificate(alice.chain_pem, user_id="alice")
+    identity = _identity_for(store, pki, alice) if with_certificate else None
+    if refused:
+        with pytest.raises(NoCertificateError) as caught:
+            require_certificate_login(store, user, identity)
+        assert caught.value.reason is Reason.NO_CERTIFICATE
+    else:
+        require_certificate_login(store, user, identity)

@@ -1,11 +1,14 @@
-"""NIST PKITS path-validation cases, revocation left out (CRLs are a later stage).
+"""NIST PKITS path-validation and CRL cases.
 
 Each PKITS path (``cert`` + ``other_certs``, anchored at TrustAnchorRootCertificate) is validated
 with ``eku="if-present"`` (PKITS certificates carry no EKU) at a fixed time inside the suite's
-2010-2030 validity. Skipped, with the reason: cases decided by revocation data only, cases that
-set policy inputs (user-initial-policy-set, initial-explicit-policy ...) and cases where
-requireExplicitPolicy takes effect, since certificate policy processing is not implemented.
-Known deviations from PKITS are strict xfails, each with its reason (docs/validation-profile.md).
+2010-2030 validity. A path that validates then has its revocation status checked the way a
+deployment with local CRL files would: mode ``require``, scope ``chain``, OCSP off, the case's
+CRLs plus the trust anchor's as ``crl_files`` and the case's other certificates as candidate CRL
+signers. Skipped, with the reason: cases that set policy inputs (user-initial-policy-set,
+initial-explicit-policy ...) and cases where requireExplicitPolicy takes effect, since certificate
+policy processing is not implemented. Known deviations from PKITS are strict xfails, each with its
+reason (docs/validation-profile.md; CRL features we refuse rather than implement).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from mtls_middleware.errors import Reason, ValidationError
+from mtls_middleware.errors import MTLSError, Reason, RevocationError, ValidationError
+from mtls_middleware.revocation import RevocationChecker, RevocationPolicy
 from mtls_middleware.validation import ValidationPolicy, Validator
 
 
@@ -41,7 +45,19 @@ if PKITS is None:
 assert PKITS is not None
 
 AT = dt.datetime(2020, 6, 1, tzinfo=dt.timezone.utc)
-REVOCATION_ONLY = {"RevokedError", "InsufficientRevinfoError", "StaleRevinfoError"}
+REVOCATION_OUTCOMES = {
+    "RevokedError": {Reason.CERTIFICATE_REVOKED},
+    "InsufficientRevinfoError": {Reason.REVOCATION_UNAVAILABLE, Reason.NO_REVOCATION_SOURCE},
+    "StaleRevinfoError": {Reason.REVOCATION_UNAVAILABLE},
+}
+ANCHOR_CRL = "TrustAnchorRootCRL.crl"
+# Refused, but at an earlier stage than PKITS expects: the reason we give instead.
+EARLIER_REFUSAL = {
+    # cryptography refuses a negative serial number during path validation (chain_invalid).
+    "invalid_negative_serial_number_test15": Reason.CHAIN_INVALID,
+    # Our profile refuses a CA certificate as the client certificate (LEAF_IS_CA below).
+    "invalid_onlycontainsusercerts_crl_test11": Reason.CHAIN_INVALID,
+}
 
 # Where we knowingly differ from PKITS; docs/validation-profile.md gives the decisions.
 DSA = "DSA signatures (dsa-with-SHA1) are refused as weak"
@@ -56,6 +72,11 @@ LEAF_IS_CA = "a CA certificate (cA=TRUE) is refused as a client certificate by o
 SELF_ISSUED_PATHLEN = "cryptography counts self-issued CA certificates against pathLenConstraint"
 CRITICAL_DN_CONSTRAINTS = "cryptography refuses critical directoryName name constraints"
 URI_CONSTRAINTS = "cryptography does not support URI name constraints"
+INDIRECT_CRL = "indirect CRLs (cRLIssuer, indirectCRL) are refused as not supported: status not established"
+NO_DELTAS = (
+    "delta CRLs are not used: the complete CRL alone decides (RFC 5280 6.3.3 without use-deltas), "
+    "so a revocation or removal published only in the delta is not seen"
+)
 DEVIATIONS = {
     "valid_dsa_signatures_test4": DSA,
     "valid_generalizedtime_notbefore_date_test4": GENERALIZED_TIME,
@@ -75,6 +96,24 @@ DEVIATIONS = {
     "valid_dn_and_rfc822_nameconstraints_test27": CRITICAL_DN_CONSTRAINTS,
     "valid_uri_nameconstraints_test34": URI_CONSTRAINTS,
     "valid_uri_nameconstraints_test36": URI_CONSTRAINTS,
+    **{
+        name: INDIRECT_CRL
+        for name in (
+            "valid_idp_with_indirectcrl_test22",
+            "invalid_idp_with_indirectcrl_test23",
+            "valid_idp_with_indirectcrl_test24",
+            "valid_idp_with_indirectcrl_test25",
+            "valid_crlissuer_test28",
+            "valid_crlissuer_test29",
+            "valid_crlissuer_test30",
+            "invalid_crlissuer_test31",
+            "invalid_crlissuer_test32",
+            "valid_crlissuer_test33",
+            "invalid_crlissuer_test34",
+        )
+    },
+    "invalid_deltacrl_test4": NO_DELTAS,
+    "valid_deltacrl_test5": NO_DELTAS,
 }
 
 
@@ -94,11 +133,8 @@ def _params() -> list[Any]:
     cases = json.loads((PKITS / "pkits.json").read_text())
     params = []
     for case in cases:
-        error = case.get("error")
         marks: list[Any] = []
-        if error and error["class"] in REVOCATION_ONLY:
-            marks.append(pytest.mark.skip(reason=f"outcome depends only on revocation ({error['class']})"))
-        elif case.get("params"):
+        if case.get("params"):
             marks.append(
                 pytest.mark.skip(
                     reason="sets certificate policy inputs "
@@ -132,7 +168,7 @@ def test_pkits_path(validator: Validator, case: dict[str, Any]) -> None:
     except ValueError as exc:
         pytest.skip(f"cryptography cannot load this certificate: {exc}")
     error = case.get("error")
-    refusal = _outcome(validator, leaf, others)
+    refusal = _outcome(validator, leaf, others, case)
     if refusal is not None and refusal.context.get("rule") == "explicit-policy":
         pytest.skip(
             "requireExplicitPolicy takes effect on this path: policy processing is not "
@@ -142,14 +178,35 @@ def test_pkits_path(validator: Validator, case: dict[str, Any]) -> None:
         assert refusal is None, f"refused a valid path: {refusal.reason.value}: {refusal.detail}"
     else:
         assert refusal is not None, f"accepted an invalid path ({error['msg_regex']})"
-        assert refusal.reason is _expected_reason(error), refusal.detail
+        expected = (
+            {EARLIER_REFUSAL[case["name"]]}
+            if case["name"] in EARLIER_REFUSAL
+            else REVOCATION_OUTCOMES.get(error["class"]) or {_expected_reason(error)}
+        )
+        assert refusal.reason in expected, f"{refusal.reason.value}: {refusal.detail}"
 
 
 def _outcome(
-    validator: Validator, leaf: x509.Certificate, others: list[x509.Certificate]
-) -> ValidationError | None:
+    validator: Validator, leaf: x509.Certificate, others: list[x509.Certificate], case: dict[str, Any]
+) -> MTLSError | None:
     try:
-        validator.validate(leaf, others, at=AT)
+        path = validator.validate(leaf, others, at=AT)
     except ValidationError as exc:
         return exc
+    crls = dict.fromkeys([*(case.get("crls") or ()), ANCHOR_CRL])
+    checker = RevocationChecker(
+        RevocationPolicy(
+            mode="require",
+            scope="chain",
+            ocsp=False,
+            crl_files=tuple(str(PKITS / "crls" / name) for name in crls),
+            crl_signers=tuple(others),
+        )
+    )
+    try:
+        checker.check(path.chain, now=AT)
+    except RevocationError as exc:
+        return exc
+    finally:
+        checker.close()
     return None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -11,20 +11,42 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ..certs import MAX_CHAIN_LENGTH, fingerprint, parse_chain
-from ..errors import CertificateError, ManagementError, Reason, ValidationError
+from ..errors import (
+    CertificateError,
+    ConfigurationError,
+    ManagementError,
+    MTLSError,
+    Reason,
+    ValidationError,
+)
 from ..history import LoginRecord
 
 __all__ = [
+    "API_ONLY",
+    "ENFORCE_MTLS",
+    "KNOWN_PERMISSIONS",
     "MAX_UPLOAD_BYTES",
+    "BatchRefused",
     "CertificateRecord",
+    "OrgRecord",
     "Principal",
     "Store",
+    "Upload",
     "UserRecord",
     "check_upload",
 ]
 
 #: The largest PEM upload accepted (the seeds' 1 MB).
 MAX_UPLOAD_BYTES = 1_000_000
+
+#: Permission: certificate login is the only way in for the user (an app with other login methods
+#: checks it with ``mtls_middleware.identity.require_certificate_login``).
+ENFORCE_MTLS = "enforce_mtls"
+#: Permission: the user is an API client (a machine account); what that allows is the app's to say.
+API_ONLY = "api_only"
+#: The permission names the library itself knows. Stores accept any other non-empty name as well,
+#: for the application's own use; the middleware hands them on in ``Identity.permissions``.
+KNOWN_PERMISSIONS = frozenset({ENFORCE_MTLS, API_ONLY})
 
 
 @dataclass(frozen=True)
@@ -40,10 +62,46 @@ class Principal:
 
 @dataclass(frozen=True)
 class UserRecord:
+    """A user: the organisation it belongs to, whether it may sign in, and its permissions."""
+
     user_id: str
     org: str
     active: bool = True
     permissions: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class OrgRecord:
+    """An organisation and whether certificate login is enabled for it (on unless switched off)."""
+
+    org: str
+    cert_auth: bool = True
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One certificate of a batch upload (:meth:`Store.upload_certificates`)."""
+
+    pem: bytes
+    user_id: str
+    label: str | None = None
+
+
+class BatchRefused(ManagementError):
+    """A batch upload stored nothing because some of its uploads were refused.
+
+    ``refusals`` lists every refused upload as ``(index in the batch, error)``; ``reason`` is the
+    first one's reason (so a caller that handles only ``ManagementError`` still sees a real code).
+    """
+
+    def __init__(self, refusals: Sequence[tuple[int, MTLSError]], *, total: int) -> None:
+        self.refusals: list[tuple[int, MTLSError]] = sorted(refusals, key=lambda item: item[0])
+        first_index, first = self.refusals[0]
+        super().__init__(
+            first.reason,
+            f"{len(self.refusals)} of {total} uploads refused, nothing stored; "
+            f"the first, #{first_index}: {first.reason.value}: {first.detail}",
+        )
 
 
 @dataclass(frozen=True)
@@ -157,37 +215,118 @@ def record_from_upload(
     )
 
 
+def check_user_id(user_id: str) -> str:
+    """Raises ManagementError(unknown_user) for an empty user id."""
+    if not isinstance(user_id, str) or not user_id:
+        raise ManagementError(Reason.UNKNOWN_USER, "a user id must be a non-empty string")
+    return user_id
+
+
+def check_org(org: str) -> str:
+    """Raises ConfigurationError for an empty organisation name."""
+    if not isinstance(org, str) or not org:
+        raise ConfigurationError(detail="an organisation name must be a non-empty string")
+    return org
+
+
+def check_permissions(permissions: Iterable[str]) -> frozenset[str]:
+    """The permission names as a set.
+
+    Raises:
+        ConfigurationError: a name that is not a non-empty string (a lone string is refused too:
+            it would otherwise become a set of its characters).
+    """
+    if isinstance(permissions, (str, bytes)):
+        raise ConfigurationError(detail="permissions must be a sequence of names, not one string")
+    names = frozenset(permissions)
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigurationError(detail=f"permission names must be non-empty strings, got {name!r}")
+    return names
+
+
+def unknown_user(user_id: str) -> ManagementError:
+    return ManagementError(Reason.UNKNOWN_USER, f"no user {user_id!r}")
+
+
+def duplicate(fingerprint: str) -> ManagementError:
+    return ManagementError(
+        Reason.DUPLICATE_CERTIFICATE, f"certificate {fingerprint} is already registered"
+    )
+
+
 @runtime_checkable
 class Store(Protocol):
     """Users, organisations and their certificates; the pipeline's map and authorize stages.
 
-    ``generation`` changes whenever something that can invalidate an accepted verdict changes
-    (a certificate deleted, a user deactivated, an organisation switched off); the verdict cache
-    compares it on every hit, so reading it must be cheap.
+    Every store (memory, SQLite, ...) has these methods with the same semantics; the CLI, the REST
+    API and the Django admin are thin layers over them.
+
+    Certificates are unique across the whole store: one certificate belongs to exactly one user of
+    one organisation, so uploading it again, for the same or any other user, is refused with
+    ``duplicate_certificate``. Fingerprints (SHA-256 of the leaf's DER, hex) are accepted in either
+    case; records carry them lowercase.
+
+    ``generation`` changes whenever something that can invalidate a verdict changes: a certificate
+    uploaded or deleted, a user added, changed, deactivated or given other permissions, an
+    organisation switched. Renames and login history do not change it. The verdict cache compares
+    it on every hit, so reading it costs well under 0.5 µs.
     """
 
     @property
     def generation(self) -> int: ...
 
+    # -- the pipeline -------------------------------------------------------------------------
     def resolve_certificate(self, fingerprint: str) -> Principal | None:
         """The owner of the certificate with this SHA-256 fingerprint, or None."""
 
     def resolve_user(self, user_id: str) -> Principal | None:
         """The user with this id (for mappers that map by SAN, UPN or subject), or None."""
 
+    # -- organisations ------------------------------------------------------------------------
+    def set_org(self, org: str, *, cert_auth: bool) -> OrgRecord:
+        """Create or switch an organisation. Raises ConfigurationError for an empty name."""
+
+    def list_orgs(self) -> list[OrgRecord]:
+        """Every organisation, by name; one first seen through ``add_user`` has cert_auth on."""
+
+    # -- users --------------------------------------------------------------------------------
     def add_user(
         self,
         user_id: str,
         *,
         org: str = "default",
         active: bool = True,
-        permissions: Sequence[str] = (),
-    ) -> UserRecord: ...
+        permissions: Iterable[str] = (),
+    ) -> UserRecord:
+        """Add the user, or replace an existing one's org, active flag and permissions.
 
-    def set_user_active(self, user_id: str, active: bool) -> UserRecord: ...
+        Permissions are names (see :data:`KNOWN_PERMISSIONS`). Moving a user to another
+        organisation moves its certificates with it.
 
-    def set_org(self, org: str, *, cert_auth: bool) -> None: ...
+        Raises:
+            ManagementError: ``unknown_user`` for an empty user id.
+            ConfigurationError: an empty organisation or permission name.
+        """
 
+    def get_user(self, user_id: str) -> UserRecord:
+        """Raises ManagementError(unknown_user) when there is no such user."""
+
+    def list_users(self, *, org: str | None = None) -> list[UserRecord]:
+        """The users (of ``org``), by user id."""
+
+    def set_user_active(self, user_id: str, active: bool) -> UserRecord:
+        """Raises ManagementError(unknown_user) when there is no such user."""
+
+    def set_user_permissions(self, user_id: str, permissions: Iterable[str]) -> UserRecord:
+        """Replace the user's permissions.
+
+        Raises:
+            ManagementError: ``unknown_user``.
+            ConfigurationError: an empty permission name.
+        """
+
+    # -- certificates -------------------------------------------------------------------------
     def upload_certificate(
         self,
         pem: bytes,
@@ -195,25 +334,69 @@ class Store(Protocol):
         user_id: str,
         label: str | None = None,
         uploaded_by: str | None = None,
-    ) -> CertificateRecord: ...
+    ) -> CertificateRecord:
+        """Register ``pem`` (kept byte for byte) to ``user_id``; the label defaults to the subject.
+
+        Raises:
+            CertificateError, ValidationError: the rules of :func:`check_upload`.
+            ManagementError: ``unknown_user``, ``duplicate_certificate``.
+        """
+
+    def upload_certificates(
+        self, uploads: Sequence[Upload], *, uploaded_by: str | None = None
+    ) -> list[CertificateRecord]:
+        """Register every upload, or none: all-or-nothing (CSV import).
+
+        A certificate twice in the batch is a duplicate at its second place.
+
+        Raises:
+            BatchRefused: one or more uploads were refused; ``refusals`` lists them all.
+        """
 
     def list_certificates(
         self, *, user_id: str | None = None, org: str | None = None
-    ) -> list[CertificateRecord]: ...
+    ) -> list[CertificateRecord]:
+        """The certificates (of ``user_id``, of ``org``), in upload order."""
 
-    def get_certificate(self, fingerprint: str) -> CertificateRecord: ...
+    def get_certificate(self, fingerprint: str) -> CertificateRecord:
+        """Raises ManagementError(not_found)."""
 
-    def download_certificate(self, fingerprint: str) -> bytes: ...
+    def download_certificate(self, fingerprint: str) -> bytes:
+        """The PEM exactly as uploaded. Raises ManagementError(not_found)."""
 
-    def rename_certificate(self, fingerprint: str, label: str) -> CertificateRecord: ...
+    def rename_certificate(self, fingerprint: str, label: str) -> CertificateRecord:
+        """Raises ManagementError(not_found)."""
 
-    def delete_certificate(self, fingerprint: str) -> None: ...
+    def delete_certificate(self, fingerprint: str) -> None:
+        """Raises ManagementError(not_found)."""
+
+    # -- login history ------------------------------------------------------------------------
+    def record(self, record: LoginRecord) -> None:
+        """Keep ``record``; never blocks beyond an append (or, when the buffer is full, until
+        the writer has made room)."""
 
     def login_history(
-        self, *, user_id: str | None = None, failed_only: bool = False, limit: int = 100
-    ) -> list[LoginRecord]: ...
+        self,
+        *,
+        user_id: str | None = None,
+        failed_only: bool = False,
+        outcome: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        limit: int | None = 100,
+    ) -> list[LoginRecord]:
+        """Matching records, newest first: ``since <= time < until`` (a naive datetime is UTC),
+        ``outcome`` a reason code or ``"accepted"``; ``limit=None`` for all. Includes everything
+        this process recorded before the call."""
 
-    def record(self, record: LoginRecord) -> None: ...
+    def prune_history(self, *, older_than: dt.timedelta) -> int:
+        """Remove records older than ``older_than``; return how many were removed."""
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every record recorded so far is stored; False if ``timeout`` passed first."""
+
+    def close(self) -> None:
+        """Flush and release the store's resources. Idempotent."""
 
 
 def not_found(what: str) -> ManagementError:

@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
-from ..errors import ManagementError, Reason
-from ..history import LoginRecord, MemoryHistory
+from cryptography import x509
+
+from ..errors import MTLSError
+from ..history import LoginRecord, MemoryHistory, history_cutoff
 from .base import (
+    BatchRefused,
     CertificateRecord,
+    OrgRecord,
     Principal,
+    Upload,
     UserRecord,
+    check_org,
+    check_permissions,
     check_upload,
+    check_user_id,
+    duplicate,
     not_found,
     record_from_upload,
+    unknown_user,
 )
 
 __all__ = ["MemoryStore"]
@@ -22,11 +34,12 @@ __all__ = ["MemoryStore"]
 class MemoryStore:
     """A thread-safe store held in memory; ``open_store("memory://")``.
 
-    Certificates are unique across the store: one certificate belongs to exactly one user.
+    Certificates are unique across the store: one certificate belongs to exactly one user. The
+    login history keeps the newest ``history_size`` records.
     """
 
     def __init__(self, *, history_size: int = 100_000) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._users: dict[str, UserRecord] = {}
         self._orgs: dict[str, bool] = {}
         self._certs: dict[str, CertificateRecord] = {}
@@ -44,7 +57,7 @@ class MemoryStore:
 
     # -- the pipeline -----------------------------------------------------------------------
     def resolve_certificate(self, fingerprint: str) -> Principal | None:
-        cert = self._certs.get(fingerprint)
+        cert = self._certs.get(fingerprint.lower())
         if cert is None:
             return None
         return self.resolve_user(cert.user_id)
@@ -61,39 +74,68 @@ class MemoryStore:
             permissions=user.permissions,
         )
 
-    # -- management -------------------------------------------------------------------------
+    # -- organisations ----------------------------------------------------------------------
+    def set_org(self, org: str, *, cert_auth: bool) -> OrgRecord:
+        check_org(org)
+        with self._lock:
+            self._orgs[org] = bool(cert_auth)
+            self._bump()
+        return OrgRecord(org, bool(cert_auth))
+
+    def list_orgs(self) -> list[OrgRecord]:
+        with self._lock:
+            return [OrgRecord(org, on) for org, on in sorted(self._orgs.items())]
+
+    # -- users ------------------------------------------------------------------------------
     def add_user(
         self,
         user_id: str,
         *,
         org: str = "default",
         active: bool = True,
-        permissions: Sequence[str] = (),
+        permissions: Iterable[str] = (),
     ) -> UserRecord:
-        if not user_id:
-            raise ManagementError(Reason.UNKNOWN_USER, "a user id must not be empty")
-        record = UserRecord(user_id, org, active, frozenset(permissions))
+        check_user_id(user_id)
+        check_org(org)
+        record = UserRecord(user_id, org, bool(active), check_permissions(permissions))
         with self._lock:
+            previous = self._users.get(user_id)
             self._users[user_id] = record
             self._orgs.setdefault(org, True)
+            if previous is not None and previous.org != org:
+                for fp, cert in list(self._certs.items()):
+                    if cert.user_id == user_id:
+                        self._certs[fp] = replace(cert, org=org)
             self._bump()
         return record
+
+    def get_user(self, user_id: str) -> UserRecord:
+        user = self._users.get(user_id)
+        if user is None:
+            raise unknown_user(user_id)
+        return user
+
+    def list_users(self, *, org: str | None = None) -> list[UserRecord]:
+        with self._lock:
+            users = list(self._users.values())
+        return sorted((u for u in users if org is None or u.org == org), key=lambda u: u.user_id)
 
     def set_user_active(self, user_id: str, active: bool) -> UserRecord:
         with self._lock:
-            user = self._users.get(user_id)
-            if user is None:
-                raise ManagementError(Reason.UNKNOWN_USER, f"no user {user_id!r}")
-            record = UserRecord(user.user_id, user.org, active, user.permissions)
+            record = replace(self.get_user(user_id), active=bool(active))
             self._users[user_id] = record
             self._bump()
         return record
 
-    def set_org(self, org: str, *, cert_auth: bool) -> None:
+    def set_user_permissions(self, user_id: str, permissions: Iterable[str]) -> UserRecord:
+        names = check_permissions(permissions)
         with self._lock:
-            self._orgs[org] = cert_auth
+            record = replace(self.get_user(user_id), permissions=names)
+            self._users[user_id] = record
             self._bump()
+        return record
 
+    # -- certificates -----------------------------------------------------------------------
     def upload_certificate(
         self,
         pem: bytes,
@@ -103,21 +145,49 @@ class MemoryStore:
         uploaded_by: str | None = None,
     ) -> CertificateRecord:
         leaf, _chain = check_upload(pem)
-        user = self._users.get(user_id)
-        if user is None:
-            raise ManagementError(Reason.UNKNOWN_USER, f"no user {user_id!r}")
-        record = record_from_upload(
-            pem, leaf, user_id=user_id, org=user.org, label=label, uploaded_by=uploaded_by
-        )
         with self._lock:
+            user = self.get_user(user_id)
+            record = record_from_upload(
+                pem, leaf, user_id=user_id, org=user.org, label=label, uploaded_by=uploaded_by
+            )
             if record.fingerprint in self._certs:
-                raise ManagementError(
-                    Reason.DUPLICATE_CERTIFICATE,
-                    f"certificate {record.fingerprint} is already registered",
-                )
+                raise duplicate(record.fingerprint)
             self._certs[record.fingerprint] = record
             self._bump()
         return record
+
+    def upload_certificates(
+        self, uploads: Sequence[Upload], *, uploaded_by: str | None = None
+    ) -> list[CertificateRecord]:
+        parsed = [_check(upload) for upload in uploads]
+        with self._lock:
+            records: list[CertificateRecord] = []
+            refusals: list[tuple[int, MTLSError]] = []
+            seen: set[str] = set()
+            for index, (upload, leaf) in enumerate(zip(uploads, parsed, strict=True)):
+                if isinstance(leaf, MTLSError):
+                    refusals.append((index, leaf))
+                    continue
+                user = self._users.get(upload.user_id)
+                if user is None:
+                    refusals.append((index, unknown_user(upload.user_id)))
+                    continue
+                record = record_from_upload(
+                    upload.pem, leaf, user_id=user.user_id, org=user.org, label=upload.label,
+                    uploaded_by=uploaded_by,
+                )
+                if record.fingerprint in self._certs or record.fingerprint in seen:
+                    refusals.append((index, duplicate(record.fingerprint)))
+                    continue
+                seen.add(record.fingerprint)
+                records.append(record)
+            if refusals:
+                raise BatchRefused(refusals, total=len(uploads))
+            for record in records:
+                self._certs[record.fingerprint] = record
+            if records:
+                self._bump()
+        return records
 
     def list_certificates(
         self, *, user_id: str | None = None, org: str | None = None
@@ -140,12 +210,9 @@ class MemoryStore:
         return self.get_certificate(fingerprint).pem
 
     def rename_certificate(self, fingerprint: str, label: str) -> CertificateRecord:
-        from dataclasses import replace
-
         with self._lock:
-            record = self.get_certificate(fingerprint)
-            renamed = replace(record, label=label)
-            self._certs[record.fingerprint] = renamed
+            renamed = replace(self.get_certificate(fingerprint), label=label)
+            self._certs[renamed.fingerprint] = renamed
         return renamed
 
     def delete_certificate(self, fingerprint: str) -> None:
@@ -159,6 +226,35 @@ class MemoryStore:
         self._history.record(record)
 
     def login_history(
-        self, *, user_id: str | None = None, failed_only: bool = False, limit: int = 100
+        self,
+        *,
+        user_id: str | None = None,
+        failed_only: bool = False,
+        outcome: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        limit: int | None = 100,
     ) -> list[LoginRecord]:
-        return self._history.query(user_id=user_id, failed_only=failed_only, limit=limit)
+        return self._history.query(
+            user_id=user_id, failed_only=failed_only, outcome=outcome, since=since, until=until,
+            limit=limit,
+        )
+
+    def prune_history(self, *, older_than: dt.timedelta) -> int:
+        return self._history.prune(before=history_cutoff(older_than))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Nothing is buffered in memory: always True."""
+        return True
+
+    def close(self) -> None:
+        """Nothing to release; the store stays usable."""
+
+
+def _check(upload: Upload) -> x509.Certificate | MTLSError:
+    """The leaf of an acceptable upload, or the MTLSError that refuses it."""
+    try:
+        leaf, _chain = check_upload(upload.pem)
+    except MTLSError as exc:
+        return exc
+    return leaf

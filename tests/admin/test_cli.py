@@ -1,10 +1,11 @@
-"""admin/cli.py: ``mtls-admin check``: exit 0 accepted, 1 refused (with the code), 2 usage error."""
+"""admin/cli.py: ``mtls-admin check``: exit 0 accepted, 1 refused (with the code), 2 usage error.
+
+The store commands are tested in test_cli_store.py and test_cli_csv.py."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -229,17 +230,11 @@ USAGE = [
         ["check", "{good}", "--trust", "{root}", "--intermediates", "{missing}", *OFF],
         id="unreadable-intermediates",
     ),
-    pytest.param(["check", "{good}", "--trust", "{root}"], id="revocation-default-require"),
-    pytest.param(
-        ["check", "{good}", "--trust", "{root}", "--revocation", "require"], id="revocation-require"
-    ),
-    pytest.param(
-        ["check", "{good}", "--trust", "{root}", "--revocation", "soft-fail"], id="revocation-soft-fail"
-    ),
     pytest.param(
         ["check", "{good}", "--trust", "{root}", "--revocation", "sometimes"], id="revocation-unknown"
     ),
-    pytest.param(["check", "{good}", "--trust", "{root}", *OFF, "--crl", "x"], id="crl-x"),
+    pytest.param(["check", "{good}", "--trust", "{root}", *OFF, "--crl", "{root}"], id="crl-with-revocation-off"),
+    pytest.param(["check", "{good}", "--trust", "{root}", "--crl", "{missing}"], id="crl-unreadable"),
     pytest.param(["check", "{good}", "--trust", "{root}", *OFF, "--at", "yesterday"], id="at-not-iso8601"),
     pytest.param(["check", "{good}", "--trust", "{root}", *OFF, "--eku", "never"], id="eku-unknown"),
     pytest.param([], id="no-command"),
@@ -268,9 +263,7 @@ def test_usage_errors_exit_2(
 @pytest.mark.parametrize(
     "argv",
     [
-        pytest.param(
-            ["check", "{good}", "--trust", "{root}", "--revocation", "require"], id="revocation-require"
-        ),
+        pytest.param(["check", "{good}", "--trust", "{root}", "--crl", "{missing}"], id="crl-unreadable"),
         pytest.param(["check", "{missing}", "--trust", "{root}", *OFF], id="unreadable-chain"),
     ],
 )
@@ -293,16 +286,16 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def _run(*argv: str) -> subprocess.CompletedProcess[str]:
-    path = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    """The installed console script (the package is installed editable into this venv)."""
+    script = Path(sys.executable).parent / "mtls-admin"
+    assert script.exists(), f"{script} is missing: pip install -e . into this venv"
     return subprocess.run(
-        [sys.executable, "-m", "mtls_middleware.admin.cli", *argv],
+        [str(script), *argv],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
         cwd=REPO,
-        env=env,
     )
 
 
@@ -315,6 +308,11 @@ def test_as_a_subprocess(files: dict[str, Path], alice: Issued) -> None:
     assert refused.returncode == 1, refused.stderr
     assert "certificate_expired" in refused.stdout
 
-    usage = _run("check", str(files["good"]), "--trust", str(files["root"]))
+    # Revocation defaults to require: a certificate that names no OCSP responder and no CRL.
+    unchecked = _run("check", str(files["good"]), "--trust", str(files["root"]))
+    assert unchecked.returncode == 1, unchecked.stderr
+    assert "no_revocation_source" in unchecked.stdout
+
+    usage = _run("check", str(files["good"]), "--trust", str(files["root"]), "--eku", "never")
     assert usage.returncode == 2
     assert usage.stderr

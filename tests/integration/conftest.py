@@ -28,12 +28,9 @@ from pathlib import Path
 import pytest
 from werkzeug.serving import make_server
 
-try:  # tests/ has no __init__.py: pytest put tests/ on sys.path and imported "conftest"
-    from conftest import REQUIRE_SERVICES, require_service
-except ModuleNotFoundError:  # tests/ became a package
-    from tests.conftest import REQUIRE_SERVICES, require_service
 from mtls_middleware.testing import Issued, TestPKI
 from mtls_middleware.wsgi import MTLSMiddleware
+from tests.conftest import REQUIRE_SERVICES, require_service
 
 from . import apps
 

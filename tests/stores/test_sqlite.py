@@ -1,0 +1,438 @@
+"""stores/sqlite.py: URLs, schema and migrations, WAL, several processes on one file, history.
+
+Real SQLite files in tmp_path and real subprocesses (``python -c``) for the multi-process cases.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from mtls_middleware import ConfigurationError, LoginRecord, Reason
+from mtls_middleware.stores import SQLiteStore, open_store
+from mtls_middleware.stores import sqlite as sqlite_module
+from mtls_middleware.stores.sqlite import APPLICATION_ID, SCHEMA_VERSION
+from mtls_middleware.testing import Issued, TestPKI
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "mtls.db"
+
+
+@pytest.fixture
+def store(db: Path) -> Iterator[SQLiteStore]:
+    s = SQLiteStore(db)
+    yield s
+    s.close()
+
+
+def _raw(db: Path) -> sqlite3.Connection:
+    return sqlite3.connect(db, isolation_level=None)
+
+
+def _scalar(db: Path, sql: str) -> object:
+    conn = _raw(db)
+    try:
+        return conn.execute(sql).fetchone()[0]
+    finally:
+        conn.close()
+
+
+def _record(index: int, user: str = "alice") -> LoginRecord:
+    return LoginRecord("accepted", "tls:environ", user_id=user, time=1000.0 + index, peer="192.0.2.1")
+
+
+# -- URLs -----------------------------------------------------------------------------------------
+
+
+def test_relative_url_is_relative_to_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = open_store("sqlite:///sub.db")
+    try:
+        assert isinstance(store, SQLiteStore)
+        store.add_user("alice")
+    finally:
+        store.close()
+    assert _scalar(tmp_path / "sub.db", "SELECT user_id FROM users") == "alice"
+
+
+def test_absolute_url(tmp_path: Path) -> None:
+    path = tmp_path / "abs.db"
+    assert str(path).startswith("/")
+    store = open_store(f"sqlite:///{path}")  # sqlite:////tmp/...
+    try:
+        store.add_user("alice")
+    finally:
+        store.close()
+    assert path.is_file()
+    assert (tmp_path / "abs.db-generation").is_file()
+
+
+def test_memory_url() -> None:
+    store = open_store("sqlite:///:memory:")
+    try:
+        store.add_user("alice")
+        generation = store.generation
+        store.set_user_active("alice", False)
+        assert store.generation != generation
+        store.record(_record(1))
+        assert [r.time for r in store.login_history()] == [1001.0]
+    finally:
+        store.close()
+    assert not Path(":memory:").exists()
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///", "sqlite:/x.db", "sqlite:x.db"], ids=repr)
+def test_malformed_sqlite_urls(url: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        open_store(url)
+    assert info.value.reason is Reason.CONFIGURATION_ERROR
+
+
+def test_missing_directory_is_a_configuration_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        open_store(f"sqlite:///{tmp_path}/no/such/dir/x.db")
+    assert "no/such/dir" in info.value.detail
+
+
+# -- the file: schema, migrations, WAL ------------------------------------------------------------
+
+
+def test_schema_version_and_application_id_are_recorded(store: SQLiteStore, db: Path) -> None:
+    assert store.schema_version_found == 0
+    assert _scalar(db, "PRAGMA user_version") == SCHEMA_VERSION
+    assert _scalar(db, "PRAGMA application_id") == APPLICATION_ID
+
+
+def test_wal_mode(store: SQLiteStore, db: Path) -> None:
+    assert _scalar(db, "PRAGMA journal_mode") == "wal"
+
+
+def test_reopening_keeps_the_data_and_migrates_nothing(db: Path, alice: Issued) -> None:
+    with SQLiteStore(db) as first:
+        first.add_user("alice", org="acme")
+        first.upload_certificate(alice.chain_pem, user_id="alice")
+        first.record(_record(1))
+        generation = first.generation
+    for _ in range(2):
+        with SQLiteStore(db) as again:
+            assert again.schema_version_found == SCHEMA_VERSION
+            assert again.generation == generation
+            assert again.download_certificate(alice.fingerprint) == alice.chain_pem
+            assert len(again.login_history()) == 1
+    assert _scalar(db, "PRAGMA user_version") == SCHEMA_VERSION
+
+
+def test_a_newer_schema_is_refused(db: Path) -> None:
+    SQLiteStore(db).close()
+    conn = _raw(db)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(ConfigurationError) as info:
+        SQLiteStore(db)
+    assert f"schema version {SCHEMA_VERSION + 1}" in info.value.detail
+    assert _scalar(db, "PRAGMA user_version") == SCHEMA_VERSION + 1  # left alone
+
+
+@pytest.mark.parametrize(
+    "setup",
+    [
+        pytest.param("CREATE TABLE notes (text TEXT)", id="tables-of-someone-else"),
+        pytest.param("PRAGMA application_id = 42", id="other-application-id"),
+    ],
+)
+def test_a_database_of_another_application_is_refused(setup: str, db: Path) -> None:
+    conn = _raw(db)
+    conn.execute(setup)
+    conn.close()
+    with pytest.raises(ConfigurationError):
+        SQLiteStore(db)
+    assert _scalar(db, "PRAGMA user_version") == 0
+
+
+def test_migrations_apply_in_order_once(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with SQLiteStore(db) as old:
+        old.add_user("alice")
+    step = ("CREATE TABLE extra (x INTEGER)", "INSERT INTO extra (x) SELECT count(*) FROM users")
+    monkeypatch.setattr(sqlite_module, "MIGRATIONS", (*sqlite_module.MIGRATIONS, step))
+    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    with SQLiteStore(db) as new:
+        assert new.schema_version_found == SCHEMA_VERSION
+        assert new.get_user("alice").user_id == "alice"
+    # A second run of the step would fail (the table exists) or add a row.
+    with SQLiteStore(db) as again:
+        assert again.schema_version_found == SCHEMA_VERSION + 1
+    assert _scalar(db, "PRAGMA user_version") == SCHEMA_VERSION + 1
+    assert _scalar(db, "SELECT group_concat(x) FROM extra") == "1"
+
+
+def test_a_failing_migration_changes_nothing(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    SQLiteStore(db).close()
+    step = ("CREATE TABLE half (x INTEGER)", "THIS IS NOT SQL")
+    monkeypatch.setattr(sqlite_module, "MIGRATIONS", (*sqlite_module.MIGRATIONS, step))
+    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    with pytest.raises(ConfigurationError):
+        SQLiteStore(db)
+    assert _scalar(db, "PRAGMA user_version") == SCHEMA_VERSION
+    assert _scalar(db, "SELECT count(*) FROM sqlite_master WHERE name = 'half'") == 0
+
+
+def test_pem_is_stored_as_a_blob_byte_for_byte(store: SQLiteStore, db: Path, bob: Issued) -> None:
+    store.add_user("bob")
+    odd = b"\r\n" + bob.cert_pem.replace(b"\n", b"\r\n") + b" \x00\xff"
+    store.upload_certificate(odd, user_id="bob")
+    conn = _raw(db)
+    try:
+        value, kind = conn.execute("SELECT pem, typeof(pem) FROM certificates").fetchone()
+    finally:
+        conn.close()
+    assert (value, kind) == (odd, "blob")
+
+
+# -- several stores, several processes ----------------------------------------------------------
+
+
+def test_two_stores_on_one_file_share_the_generation(db: Path, alice: Issued) -> None:
+    with SQLiteStore(db) as one, SQLiteStore(db) as two:
+        one.add_user("alice")
+        one.upload_certificate(alice.cert_pem, user_id="alice")
+        before = two.generation
+        assert two.resolve_certificate(alice.fingerprint) is not None
+        one.delete_certificate(alice.fingerprint)
+        assert two.generation != before
+        assert two.resolve_certificate(alice.fingerprint) is None
+
+
+def test_a_lost_generation_file_is_rebuilt_from_the_database(db: Path) -> None:
+    with SQLiteStore(db) as first:
+        first.add_user("alice")
+        first.set_user_active("alice", False)
+        generation = first.generation
+    Path(f"{db}-generation").unlink()
+    with SQLiteStore(db) as again:
+        assert again.generation == generation
+
+
+def _python(script: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script), *args],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _finish(proc: subprocess.Popen[str]) -> str:
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    return out
+
+
+RACER = """
+    import os, sys, time
+    from mtls_middleware.errors import MTLSError
+    from mtls_middleware.stores import open_store
+    url, directory, rounds, user = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    store = open_store(url)
+    print("ready", flush=True)
+    for index in range(rounds):
+        pem = open(os.path.join(directory, f"cert-{index}.pem"), "rb").read()
+        go = os.path.join(directory, f"go-{index}")
+        while not os.path.exists(go):
+            time.sleep(0.0002)
+        try:
+            store.upload_certificate(pem, user_id=user)
+            print(index, "ok", flush=True)
+        except MTLSError as exc:
+            print(index, exc.reason.value, flush=True)
+    store.close()
+"""
+
+
+def test_two_processes_racing_to_upload_one_certificate(db: Path, tmp_path: Path, pki: TestPKI) -> None:
+    rounds = 4
+    with SQLiteStore(db) as store:
+        store.add_user("p0", org="one")
+        store.add_user("p1", org="two")
+    for index in range(rounds):
+        (tmp_path / f"cert-{index}.pem").write_bytes(pki.issue_client(f"raced{index}").chain_pem)
+    racers = [_python(RACER, f"sqlite:///{db}", str(tmp_path), str(rounds), f"p{n}") for n in range(2)]
+    try:
+        for proc in racers:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
+        outcomes: list[list[str]] = []
+        for index in range(rounds):
+            (tmp_path / f"go-{index}").touch()
+            lines = [proc.stdout.readline().split() for proc in racers if proc.stdout is not None]
+            assert [line[0] for line in lines] == [str(index)] * 2
+            outcomes.append(sorted(line[1] for line in lines))
+    finally:
+        for proc in racers:
+            _finish(proc)
+    assert outcomes == [["duplicate_certificate", "ok"]] * rounds
+    with SQLiteStore(db) as store:
+        assert len(store.list_certificates()) == rounds
+
+
+DELETER = """
+    import sys
+    from mtls_middleware.stores import open_store
+    store = open_store(sys.argv[1])
+    store.delete_certificate(sys.argv[2])
+    store.close()
+"""
+
+WATCHER = """
+    import sys
+    from mtls_middleware.stores import open_store
+    store = open_store(sys.argv[1])
+    fingerprint = sys.argv[2]
+    print(store.generation, store.resolve_certificate(fingerprint) is not None, flush=True)
+    sys.stdin.readline()  # the parent changed something meanwhile
+    print(store.generation, store.resolve_certificate(fingerprint) is not None, flush=True)
+    store.close()
+"""
+
+
+def test_a_delete_in_another_process_is_seen_at_once(db: Path, alice: Issued) -> None:
+    with SQLiteStore(db) as store:
+        store.add_user("alice")
+        store.upload_certificate(alice.cert_pem, user_id="alice")
+        before = store.generation
+        assert store.resolve_certificate(alice.fingerprint) is not None
+        _finish(_python(DELETER, f"sqlite:///{db}", alice.fingerprint))
+        assert store.generation != before
+        assert store.resolve_certificate(alice.fingerprint) is None
+
+
+def test_another_process_sees_a_delete_at_once(db: Path, alice: Issued) -> None:
+    with SQLiteStore(db) as store:
+        store.add_user("alice")
+        store.upload_certificate(alice.cert_pem, user_id="alice")
+        watcher = _python(WATCHER, f"sqlite:///{db}", alice.fingerprint)
+        assert watcher.stdout is not None
+        assert watcher.stdin is not None
+        generation, known = watcher.stdout.readline().split()
+        assert known == "True"
+        store.delete_certificate(alice.fingerprint)
+        watcher.stdin.write("go\n")
+        watcher.stdin.flush()
+        after, still_known = _finish(watcher).split()
+    assert after != generation
+    assert still_known == "False"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_uses_connections_and_a_writer_of_its_own(db: Path, alice: Issued) -> None:
+    with SQLiteStore(db) as store:
+        store.add_user("alice")
+        store.record(_record(0))
+        store.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: must not touch the parent's connection or writer thread
+            code = 1
+            try:
+                for index in range(1, 6):
+                    store.record(_record(index, "child"))
+                store.upload_certificate(alice.cert_pem, user_id="alice")
+                store.close()
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        store.record(_record(9))
+        assert len(store.login_history(user_id="child")) == 5
+        assert len(store.login_history()) == 7
+        assert store.resolve_certificate(alice.fingerprint) is not None
+
+
+# -- login history through the writer -----------------------------------------------------------
+
+
+def test_a_burst_of_records_then_flush_gives_every_row(store: SQLiteStore, db: Path) -> None:
+    count = 5000
+    for index in range(count):
+        store.record(_record(index))
+    assert store.flush(timeout=30) is True
+    assert _scalar(db, "SELECT count(*) FROM login_history") == count
+    assert _scalar(db, "SELECT count(DISTINCT time) FROM login_history") == count
+
+
+def test_records_from_many_threads_all_arrive(store: SQLiteStore) -> None:
+    def work(n: int) -> None:
+        for index in range(300):
+            store.record(_record(n * 1000 + index, user=f"t{n}"))
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(store.login_history(limit=None)) == 1800
+    assert len(store.login_history(user_id="t3", limit=None)) == 300
+
+
+def test_close_flushes(db: Path) -> None:
+    store = SQLiteStore(db)
+    for index in range(700):
+        store.record(_record(index))
+    store.close()
+    assert _scalar(db, "SELECT count(*) FROM login_history") == 700
+
+
+def test_a_clean_interpreter_exit_loses_nothing(db: Path) -> None:
+    script = """
+        import sys
+        from mtls_middleware.history import LoginRecord
+        from mtls_middleware.stores import open_store
+        store = open_store(sys.argv[1])
+        for index in range(2000):
+            store.record(LoginRecord("accepted", "tls", time=float(index)))
+        # neither flush() nor close(): the exit handler must write them
+    """
+    _finish(_python(script, f"sqlite:///{db}"))
+    assert _scalar(db, "SELECT count(*) FROM login_history") == 2000
+
+
+def test_back_pressure_waits_instead_of_dropping(db: Path) -> None:
+    store = SQLiteStore(db, history_queue=2, history_batch=1)
+    gate = threading.Event()
+    write = store._db.write_history
+
+    def slow_write(batch: Sequence[LoginRecord]) -> None:
+        gate.wait(30)  # a disk that stalls: nothing a real file does on demand
+        write(batch)
+
+    store._writer._channel.write_batch = slow_write
+    try:
+        recorder = threading.Thread(target=lambda: [store.record(_record(i)) for i in range(10)])
+        recorder.start()
+        deadline = time.monotonic() + 30
+        while store.history_writer.waits == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert store.history_writer.waits >= 1
+        assert recorder.is_alive()  # blocked in record(), not dropping
+        gate.set()
+        recorder.join(30)
+        assert not recorder.is_alive()
+        assert [r.time for r in store.login_history(limit=None)] == [1000.0 + i for i in reversed(range(10))]
+        assert store.history_writer.lost == 0
+    finally:
+        gate.set()
+        store.close()
