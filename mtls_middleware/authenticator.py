@@ -28,7 +28,7 @@ from .errors import (
     ProxyError,
     Reason,
 )
-from .history import ACCEPTED, LoginRecord, MemoryHistory
+from .history import ACCEPTED, HistoryWriter, LoginRecord, MemoryHistory
 from .identity import Identity
 from .metrics import MeteredSink
 from .revocation.checker import RevocationChecker
@@ -388,7 +388,7 @@ class Authenticator:
             # Never outlive any certificate of the validated path, nor the revocation data.
             expires = min(c.not_valid_after_utc for c in path.chain).timestamp()
             if self.revocation is not None:
-                outcome = self.revocation.check(path.chain, now=at)
+                outcome = self.revocation.check(path.chain, now=at, leaf_subject=subject)
                 revocation, checks, described = outcome.summary, outcome.checks, outcome.describe()
                 expires = min(expires, outcome.expires)
             else:
@@ -541,10 +541,11 @@ class Authenticator:
 
     @property
     def _emit(self) -> Callable[[LoginRecord], None]:
-        """The sink's own ``record`` when it is the in-memory one (it cannot fail), else ours."""
+        """The sink's own ``record`` when it cannot fail (in-memory, or the buffered writer of the
+        SQL stores), else ours, which catches."""
         sink_record = self.history.record
         owner = getattr(sink_record, "__self__", None)
-        return sink_record if isinstance(owner, (MemoryHistory, deque)) else self._record
+        return sink_record if isinstance(owner, (MemoryHistory, deque, HistoryWriter)) else self._record
 
     def clear_cache(self) -> None:
         """Forget every cached verdict."""

@@ -9,7 +9,7 @@ from typing import Any, Protocol, runtime_checkable
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from .stores.base import Principal, Store
+from .stores.base import ENFORCE_MTLS, Principal, Store
 
 __all__ = [
     "ENFORCE_MTLS",
@@ -149,10 +149,6 @@ def _der_utf8(value: bytes) -> str | None:
         return body.decode("utf-8")
     except UnicodeDecodeError:
         return None
-
-
-#: The permission that makes certificate login the only way in for a user.
-ENFORCE_MTLS = "enforce_mtls"
 
 
 def require_certificate_login(store: Store, user_id: str, identity: Identity | None) -> None:

@@ -27,6 +27,8 @@ __all__ = ["CheckRecord", "RevocationChecker", "RevocationOutcome", "RevocationP
 
 #: How long a soft-fail outcome may be reused before the status is asked again.
 SOFT_FAIL_TTL = 60.0
+#: CA subjects remembered for the records (bounded: cleared when full).
+_MAX_SUBJECTS = 1024
 
 _MODES = ("require", "soft-fail", "off")
 _SCOPES = ("chain", "leaf")
@@ -203,6 +205,7 @@ class RevocationChecker:
     ) -> None:
         self.policy = policy
         self._fetcher = fetcher or Fetcher(timeout=policy.timeout)
+        self._subjects: dict[x509.Certificate, str] = {}
         self._ocsp: StatusSource | None = None
         if policy.ocsp and policy.mode != "off":
             self._ocsp = ocsp if ocsp is not None else self._default_ocsp()
@@ -247,8 +250,17 @@ class RevocationChecker:
     def ocsp_source(self) -> StatusSource | None:
         return self._ocsp
 
-    def check(self, path: Sequence[x509.Certificate], *, now: dt.datetime | None = None) -> RevocationOutcome:
+    def check(
+        self,
+        path: Sequence[x509.Certificate],
+        *,
+        now: dt.datetime | None = None,
+        leaf_subject: str | None = None,
+    ) -> RevocationOutcome:
         """Establish the status of ``path`` (validated, leaf first, trust anchor last).
+
+        ``leaf_subject`` is the leaf's RFC 4514 subject when the caller has it already (it names
+        the leaf in the records; formatting it again costs more than a cached OCSP answer).
 
         Returns the outcome; in soft-fail mode an outcome whose summary starts with
         ``"soft-fail:"`` and which expires within a minute when some status was not established.
@@ -274,7 +286,8 @@ class RevocationChecker:
         unresolved: list[tuple[int, _Finding]] = []
         for index in range(count):
             cert, issuer = path[index], path[index + 1]
-            finding = self._one(cert, issuer, path[index + 2 :], deadline, moment, records)
+            subject = leaf_subject if index == 0 and leaf_subject is not None else self._subject(cert)
+            finding = self._one(cert, issuer, path[index + 2 :], deadline, moment, records, subject)
             answer = finding.answer
             if answer is not None and answer.status == "revoked":
                 raise RevocationError(
@@ -312,9 +325,10 @@ class RevocationChecker:
         deadline: float,
         now: dt.datetime,
         records: list[CheckRecord],
+        subject: str,
     ) -> _Finding:
         """OCSP first; the CRL when OCSP failed, said unknown, or is not offered."""
-        subject, serial = _subject(cert), _serial(cert)
+        serial = _serial(cert)
         failures: list[str] = []
         asked = False
         for source in (self._ocsp, self._crl):
@@ -396,6 +410,17 @@ class RevocationChecker:
             f"{_role(index, last)} {_subject(cert)} (serial {_serial(cert)}) is revoked according to "
             f"{answer.method} {answer.source}: revoked at {when}, reason {answer.reason or 'unspecified'}"
         )
+
+    def _subject(self, cert: x509.Certificate) -> str:
+        # CA certificates recur on every request; a certificate hashes and compares by its DER.
+        subjects = self._subjects
+        text = subjects.get(cert)
+        if text is None:
+            text = _subject(cert)
+            if len(subjects) >= _MAX_SUBJECTS:
+                subjects.clear()
+            subjects[cert] = text
+        return text
 
     def close(self) -> None:
         """Stop the sources' background refreshers."""

@@ -70,6 +70,8 @@ FailureKind = Literal[
 #: Responders are tried in the order the certificate lists them; more than this is not a
 #: certificate a CA issued to be useful, and each one costs a round trip of the request's time.
 _MAX_LOCATIONS = 4
+#: Issuers whose CertID hashes are remembered (a deployment trusts a handful of issuing CAs).
+_MAX_ISSUERS = 256
 #: RFC 5019 §5: use GET when the encoded request is small enough for every cache and proxy.
 _GET_LIMIT = 255
 _NONCE_BYTES = 32  # RFC 8954: 1 to 32 octets
@@ -202,6 +204,7 @@ class OCSPSource:
             LRUCache(maxsize=cache_size) if cache_size else None
         )
         self._lock = threading.Lock()
+        self._issuer_hashes: dict[x509.Certificate, tuple[bytes, bytes]] = {}
         self._flight: SingleFlight[StatusAnswer] = SingleFlight()
 
     # --- StatusSource ------------------------------------------------------------------------
@@ -264,8 +267,7 @@ class OCSPSource:
                 "no OCSP responder: none in the certificate's AIA and none configured",
                 kind="no-responder",
             )
-        # CertIDs use SHA-1: every responder supports it, and it identifies, it does not protect.
-        cert_id = _cert_id(cert, issuer, hashes.SHA1())  # noqa: S303
+        cert_id = self._sha1_cert_id(cert, issuer)
         key: _CacheKey = (cert_id[1], cert_id[2])
         hit = self._cached(key, now)
         if hit is not None:
@@ -285,6 +287,20 @@ class OCSPSource:
                 ", ".join(urls), "gave up waiting for the fetch already in flight", kind="timeout"
             ) from None
 
+    def _sha1_cert_id(self, cert: x509.Certificate, issuer: x509.Certificate) -> tuple[bytes, bytes, int]:
+        # The issuer's two hashes are the same for every certificate it signed: building an OCSP
+        # request to learn them costs more than the rest of a cache hit together.
+        hashed = self._issuer_hashes.get(issuer)
+        if hashed is None:
+            # CertIDs use SHA-1: every responder supports it; it identifies, it does not protect.
+            name_hash, key_hash, _ = _cert_id(cert, issuer, hashes.SHA1())  # noqa: S303
+            hashed = (name_hash, key_hash)
+            with self._lock:
+                if len(self._issuer_hashes) >= _MAX_ISSUERS:
+                    self._issuer_hashes.clear()
+                self._issuer_hashes[issuer] = hashed
+        return hashed[0], hashed[1], cert.serial_number
+
     def _cached(self, key: _CacheKey, now: dt.datetime) -> StatusAnswer | None:
         if self._cache is None:
             return None
@@ -295,7 +311,7 @@ class OCSPSource:
             if answer.expires <= now.timestamp():
                 del self._cache[key]
                 return None
-        return dataclasses.replace(answer, cached=True, elapsed=0.0)
+        return answer  # stored as a cache hit reads it: cached=True, elapsed=0
 
     def _fetch(
         self,
@@ -323,7 +339,9 @@ class OCSPSource:
             else:
                 if self._cache is not None and answer.expires > now.timestamp():
                     with self._lock:
-                        self._cache[(cert_id[1], cert_id[2])] = answer
+                        self._cache[(cert_id[1], cert_id[2])] = dataclasses.replace(
+                            answer, cached=True, elapsed=0.0
+                        )
                 return answer
         raise OCSPFailure.combine(failures)
 
