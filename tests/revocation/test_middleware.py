@@ -345,3 +345,53 @@ def test_verdict_not_reused_after_the_ocsp_response_expires(
     threading.Event().wait(1.5)  # past nextUpdate: neither the verdict nor the response may be reused
     assert client.get("/", environ_overrides=_environ(leaf, pki)).status_code == 200
     assert responder.requests == 2
+
+
+# -- a real `openssl ocsp` responder in front of the middleware ---------------------------------
+
+
+@pytest.mark.services
+def test_real_openssl_responder_through_the_middleware(
+    pki: TestPKI, world: World, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from tests.conftest import REQUIRE_SERVICES, require_service
+    from tests.revocation.ocsp_server import make_responder_certificate
+    from tests.revocation.openssl_ocsp import IndexEntry, NamespaceUnavailable, OpenSSLOCSPResponder
+
+    openssl = require_service("openssl")
+    unshare = require_service("unshare", "unshare (util-linux) keeps openssl ocsp on loopback")
+    good, revoked, unknown = (world.issue(f"openssl e2e {n}") for n in ("good", "revoked", "unknown"))
+    responder = OpenSSLOCSPResponder(
+        ca=pki.issuing,
+        signer=make_responder_certificate(pki.issuing, "e2e OCSP responder"),
+        entries=[
+            IndexEntry.for_certificate(good.cert),
+            IndexEntry.for_certificate(revoked.cert, revoked_at=NOW - DAY, reason="keyCompromise"),
+        ],
+        directory=tmp_path_factory.mktemp("openssl-e2e"),
+        openssl=openssl,
+        unshare=unshare,
+    )
+    try:
+        responder.start()
+    except NamespaceUnavailable as exc:
+        message = f"no network namespace to keep openssl ocsp on loopback: {exc}"
+        if REQUIRE_SERVICES:
+            pytest.fail(f"MTLS_REQUIRE_SERVICES=1 but {message}", pytrace=False)
+        pytest.skip(message)
+    try:
+        client = Client(MTLSMiddleware(_echo, world.config("require", ocsp_responder=responder.url)))
+        ok = client.get("/", environ_overrides=_environ(good, pki))
+        assert ok.status_code == 200
+        assert ok.json["revocation"] == "ocsp:good"
+        refused = client.get("/", environ_overrides=_environ(revoked, pki))
+        assert refused.status_code == 403
+        assert refused.json["error"] == "certificate_revoked"
+        record = world.store.login_history(limit=1)[0]
+        assert "keyCompromise" in record.detail
+        # unknown to the responder, and no CRL: status cannot be established
+        missing = client.get("/", environ_overrides=_environ(unknown, pki))
+        assert missing.status_code == 503
+        assert missing.json["error"] == "revocation_unavailable"
+    finally:
+        responder.stop()
