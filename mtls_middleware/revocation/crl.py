@@ -122,6 +122,60 @@ def _tlv(d: bytes, p: int, end: int) -> tuple[int, int, int]:
     return tag, p, p + length
 
 
+_REASON_OID = bytes.fromhex("0603551d15")  # 2.5.29.21, cRLReason
+#: RFC 5280 5.3.1 CRLReason codes, spelled as cryptography's ReasonFlags values.
+_REASONS = {
+    0: "unspecified", 1: "keyCompromise", 2: "cACompromise", 3: "affiliationChanged",
+    4: "superseded", 5: "cessationOfOperation", 6: "certificateHold", 8: "removeFromCRL",
+    9: "privilegeWithdrawn", 10: "aACompromise",
+}
+
+
+def _decode_entry(d: bytes, p: int) -> RevokedEntry:
+    """The revocation time and reason of the revokedCertificates entry at ``p``, from its DER.
+
+    The library's own lookup by serial walks the whole list (a million entries for a large CA);
+    the index already knows where the entry starts.
+
+    Raises:
+        ValueError, IndexError: not an entry as RFC 5280 5.1.2.6 encodes it.
+    """
+    _, start, end = _tlv(d, p, len(d))
+    tag, _, after = _tlv(d, start, end)  # userCertificate
+    if tag != 0x02:
+        raise ValueError("entry without a serial")
+    tag, t0, t1 = _tlv(d, after, end)
+    text = d[t0:t1].decode("ascii")
+    if tag == 0x17 and len(text) == 13 and text.endswith("Z"):  # UTCTime YYMMDDHHMMSSZ
+        year = int(text[:2])
+        text = f"{1900 + year if year >= 50 else 2000 + year}{text[2:]}"
+    elif not (tag == 0x18 and len(text) == 15 and text.endswith("Z")):  # GeneralizedTime
+        raise ValueError("unexpected revocationDate encoding")
+    when = dt.datetime.strptime(text, "%Y%m%d%H%M%SZ").replace(tzinfo=dt.timezone.utc)
+    reason: str | None = None
+    if t1 < end:
+        tag, e0, e1 = _tlv(d, t1, end)  # crlEntryExtensions
+        if tag != 0x30:
+            raise ValueError("unexpected entry field")
+        q = e0
+        while q < e1:
+            _, x0, x1 = _tlv(d, q, e1)
+            q = x1
+            if d[x0 : x0 + len(_REASON_OID)] != _REASON_OID:
+                continue
+            r = x0 + len(_REASON_OID)
+            tag, v0, v1 = _tlv(d, r, x1)
+            if tag == 0x01:  # critical BOOLEAN
+                tag, v0, v1 = _tlv(d, v1, x1)
+            if tag != 0x04:
+                raise ValueError("cRLReason without an OCTET STRING")
+            tag, n0, n1 = _tlv(d, v0, v1)
+            if tag != 0x0A or n1 - n0 != 1 or d[n0] not in _REASONS:
+                raise ValueError("unexpected cRLReason value")
+            reason = _REASONS[d[n0]]
+    return RevokedEntry(when, reason)
+
+
 def _signature_ok(crl: x509.CertificateRevocationList, tbs: bytes, key: Any) -> bool:
     """Whether ``key`` signed ``tbs`` with the CRL's signature algorithm.
 
@@ -173,12 +227,14 @@ class IndexedCRL:
     """
 
     __slots__ = (
+        "_base",
         "_get",
         "_index",
         "_lock",
         "_verified",
         "crl",
         "idp",
+        "is_revoked",
         "issuer",
         "next_update",
         "size",
@@ -197,6 +253,7 @@ class IndexedCRL:
         _, tbs_start, tbs_end = _tlv(der, start, end)
         tbs_header = start
         self.tbs = der[tbs_header:tbs_end]
+        self._base = tbs_header  # entry offsets are into der; self.tbs starts here
         self._lock = threading.Lock()
         self._verified: dict[bytes, bool] = {}
         if signer is not None and not self.is_signed_by(signer):
@@ -211,6 +268,9 @@ class IndexedCRL:
             self._walk(der, list_start, list_end) if list_end > list_start else {}
         )
         self._get = self._index.get
+        #: ``is_revoked(serial)``: whether the CRL lists ``serial``; the dict's own C-level test,
+        #: which is all a request for a good certificate (the common case) costs.
+        self.is_revoked = self._index.__contains__
         self.unusable = self._crl_extension_problem() or self._entry_extension_problem(
             der, list_start, list_end
         )
@@ -335,6 +395,14 @@ class IndexedCRL:
             found = self._index.get(serial)
             if isinstance(found, RevokedEntry):
                 return found
+            if found is not None:
+                try:
+                    decoded = _decode_entry(self.tbs, found - self._base)
+                except (ValueError, IndexError):
+                    decoded = None  # unusual encoding: the library's (linear) lookup decides
+                if decoded is not None:
+                    self._index[serial] = decoded
+                    return decoded
             entry = self.crl.get_revoked_certificate_by_serial_number(serial)
             if entry is None:  # cannot happen for a serial we indexed; stay correct anyway
                 return None
@@ -555,7 +623,8 @@ class CRLSource:
                 continue
             all_cached = all_cached and cached
             assert crl.next_update is not None  # _judge refuses a CRL without one
-            entry = crl.lookup(cert.serial_number)
+            serial = cert.serial_number
+            entry = crl.lookup(serial) if crl.is_revoked(serial) else None
             if entry is not None and entry.reason != x509.ReasonFlags.remove_from_crl.value:
                 return StatusAnswer(
                     status="revoked",

@@ -18,6 +18,9 @@ environment variables rather than from pytest fixtures:
 ``MTLS_IT_MODE``
     ``required`` (default) or ``optional``.
 
+The WSGI app also answers :data:`HISTORY_PATH` itself, outside the middleware: the login history
+of its store as JSON, newest first, so that tests can see what a server process recorded.
+
 Start them with ``gunicorn 'tests.integration.apps:wsgi_app()'`` or
 ``uvicorn tests.integration.apps:asgi_app --factory``, from the repository root.
 """
@@ -32,10 +35,16 @@ from typing import Any
 
 from mtls_middleware import ENVIRON_KEY, MemoryStore, MTLSConfig
 from mtls_middleware.asgi import MTLSMiddleware as ASGIMiddleware
+from mtls_middleware.sources.proxies import get_profile
+from mtls_middleware.stores.base import Store
 from mtls_middleware.wsgi import MTLSMiddleware as WSGIMiddleware
 
 #: The request header through which nginx's own verdict reaches the app; echoed for the tests.
 _VERIFY_KEY = "HTTP_X_SSL_CLIENT_VERIFY"
+#: Served by :func:`wsgi_app` without authentication: the store's login history (tests only).
+HISTORY_PATH = "/.history"
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 def _users(path: str | None) -> list[dict[str, Any]]:
@@ -88,16 +97,50 @@ def identity_json(identity: Any, verify: str | None) -> bytes:
     return json.dumps(body).encode()
 
 
-def echo_wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-    """A WSGI app answering 200 with :func:`identity_json`."""
-    body = identity_json(environ.get(ENVIRON_KEY), environ.get(_VERIFY_KEY))
+def _json_answer(start_response: Callable[..., Any], body: bytes) -> list[bytes]:
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
     return [body]
 
 
-def wsgi_app() -> WSGIMiddleware:
-    """gunicorn factory: the middleware, configured from the environment, around the echo app."""
-    return WSGIMiddleware(echo_wsgi, config_from_env())  # type: ignore[arg-type]
+def make_echo_wsgi(verify_key: str = _VERIFY_KEY) -> WSGIApp:
+    """A WSGI app answering 200 with :func:`identity_json`; the proxy's verdict read from
+    ``verify_key`` (the environ key of the profile's verify header)."""
+
+    def echo(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        return _json_answer(start_response, identity_json(environ.get(ENVIRON_KEY), environ.get(verify_key)))
+
+    return echo
+
+
+#: The echo app of the nginx profile (and of the TLS layer, which has no verify header).
+echo_wsgi = make_echo_wsgi()
+
+
+def _verify_key(env: MutableMapping[str, str]) -> str:
+    """The environ key of the configured profile's verify header (nginx's without a profile)."""
+    proxy = env.get("MTLS_IT_PROXY")
+    header = get_profile(proxy).verify_header if proxy else None
+    return "HTTP_" + header.upper().replace("-", "_") if header else _VERIFY_KEY
+
+
+def history_json(store: Store) -> bytes:
+    """Every login record of ``store``, newest first, as a JSON list of objects."""
+    return json.dumps([record._asdict() for record in store.login_history(limit=None)]).encode()
+
+
+def wsgi_app() -> WSGIApp:
+    """gunicorn factory: the middleware, configured from the environment, around the echo app;
+    :data:`HISTORY_PATH` answered beside it."""
+    config = config_from_env()
+    protected = WSGIMiddleware(make_echo_wsgi(_verify_key(os.environ)), config)
+    store = config.resolved_store
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == HISTORY_PATH:
+            return _json_answer(start_response, history_json(store))
+        return protected(environ, start_response)
+
+    return app
 
 
 Scope = MutableMapping[str, Any]

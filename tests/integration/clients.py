@@ -50,8 +50,14 @@ def curl(
     key: Path | None = None,
     headers: Mapping[str, str] | None = None,
     interface: str | None = None,
+    resolve: str | None = None,
+    unix_socket: Path | None = None,
 ) -> Response:
-    """GET ``url`` with curl; raises :class:`HandshakeRefused` when no HTTP answer came."""
+    """GET ``url`` with curl; raises :class:`HandshakeRefused` when no HTTP answer came.
+
+    ``resolve`` (``HOST:PORT:ADDRESS``) makes curl connect to ADDRESS for a URL naming HOST, so
+    that it sends HOST as SNI; ``unix_socket`` sends the request over that socket instead of TCP.
+    """
     argv = [
         require_service("curl"),
         "--silent", "--show-error", "--include",
@@ -66,6 +72,10 @@ def curl(
         argv += ["--key", str(key)]
     if interface is not None:
         argv += ["--interface", interface]
+    if resolve is not None:
+        argv += ["--resolve", resolve]
+    if unix_socket is not None:
+        argv += ["--unix-socket", str(unix_socket)]
     for name, value in (headers or {}).items():
         argv += ["--header", f"{name}: {value}"]
     argv.append(url)

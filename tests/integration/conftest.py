@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 from werkzeug.serving import make_server
 
-from mtls_middleware.testing import Issued, TestPKI
+from mtls_middleware.testing import SERVER_AUTH, Issued, TestPKI
 from mtls_middleware.wsgi import MTLSMiddleware
 from tests.conftest import REQUIRE_SERVICES, require_service
 
@@ -132,7 +132,8 @@ def materials(
 
     ``alice``: registered to active user alice. ``bob``: valid, registered to nobody.
     ``carol``: registered to the deactivated user carol. ``expired``: from our CA, past notAfter.
-    ``foreign``: from an unrelated CA. ``alice_leaf``: alice's certificate without its
+    ``foreign``: from an unrelated CA. ``wrong_eku``: from our CA, registered to nobody, with
+    only the Server Authentication EKU. ``alice_leaf``: alice's certificate without its
     intermediate (what a client that sends only its leaf presents).
     """
     directory = tmp_path_factory.mktemp("integration-pki")
@@ -147,7 +148,11 @@ def materials(
         "expired", not_before=now - dt.timedelta(days=30), not_after=now - dt.timedelta(days=1)
     )
     foreign = other_pki.issue_client("mallory")
-    issued = {"alice": alice, "bob": bob, "carol": carol, "expired": expired, "foreign": foreign}
+    wrong_eku = pki.issue_client("server-only", eku=(SERVER_AUTH,))
+    issued = {
+        "alice": alice, "bob": bob, "carol": carol, "expired": expired, "foreign": foreign,
+        "wrong_eku": wrong_eku,
+    }  # fmt: skip
     clients = {stem: ClientCert(cert, *cert.write(directory, stem)) for stem, cert in issued.items()}
     leaf_path = directory / "alice_leaf.pem"
     leaf_path.write_bytes(alice.cert_pem)
@@ -308,7 +313,7 @@ def _server_tls_context(materials: Materials) -> ssl.SSLContext:
 @pytest.fixture(scope="module")
 def werkzeug_tls(materials: Materials) -> Iterator[Endpoint]:
     """werkzeug's dev server with TLS (it sets ``SSL_CLIENT_CERT``), middleware with proxy=None."""
-    app = MTLSMiddleware(apps.echo_wsgi, apps.config_from_env(materials.app_env()))  # type: ignore[arg-type]
+    app = MTLSMiddleware(apps.echo_wsgi, apps.config_from_env(materials.app_env()))
     server = make_server(LOOPBACK, 0, app, threaded=True, ssl_context=_server_tls_context(materials))
     thread = threading.Thread(target=server.serve_forever, name="werkzeug-tls", daemon=True)
     thread.start()

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from mtls_middleware.errors import ConfigurationError, Reason
 from mtls_middleware.revocation import crl as crl_module
@@ -244,6 +245,58 @@ def test_index_answers_without_touching_the_parsed_crl(pki: TestPKI) -> None:
     assert indexed.lookup(1001) is None
     assert indexed.lookup(10**30) is None
     assert indexed.lookup(1000 + 7 * 5) == hit  # decoded once, then served from the index
+
+
+@pytest.mark.parametrize(
+    ("when", "reason", "critical_reason"),
+    [
+        pytest.param(REVOKED_AT, x509.ReasonFlags.key_compromise, False, id="utctime-keycompromise"),
+        pytest.param(REVOKED_AT, None, False, id="no-reason"),
+        pytest.param(REVOKED_AT, x509.ReasonFlags.certificate_hold, True, id="critical-reason"),
+        pytest.param(
+            dt.datetime(2051, 3, 4, 5, 6, 7, tzinfo=dt.timezone.utc), x509.ReasonFlags.superseded, False,
+            id="generalizedtime-after-2049",
+        ),
+        pytest.param(
+            dt.datetime(1999, 12, 31, 23, 59, 59, tzinfo=dt.timezone.utc), x509.ReasonFlags.unspecified, False,
+            id="utctime-last-century",
+        ),
+    ],
+)
+def test_a_hit_is_decoded_from_the_entry_without_a_linear_scan(
+    pki: TestPKI, when: dt.datetime, reason: x509.ReasonFlags | None, critical_reason: bool
+) -> None:
+    entry_extensions = [(x509.InvalidityDate(when), False)]  # another extension before the reason
+    serials = [(1000 + i, when, None) for i in range(50)]
+    crl = make_crl(pki.issuing, [*serials, (77777, when, None)], entry_extensions=entry_extensions)
+    if reason is not None or critical_reason:
+        builder = x509.RevokedCertificateBuilder().serial_number(77777).revocation_date(when)
+        builder = builder.add_extension(x509.InvalidityDate(when), critical=False)
+        if reason is not None:
+            builder = builder.add_extension(x509.CRLReason(reason), critical=critical_reason)
+        crl = (
+            x509.CertificateRevocationListBuilder(
+                issuer_name=pki.issuing.cert.subject,
+                last_update=crl.last_update_utc,
+                next_update=crl.next_update_utc,
+                revoked_certificates=[*(e for e in crl if e.serial_number != 77777), builder.build()],
+            )
+            .sign(pki.issuing.key, None if pki.key_type == "ed25519" else hashes.SHA256())  # type: ignore[arg-type]
+        )
+    indexed = IndexedCRL(crl_bytes(crl))
+    assert sum(e.serial_number == 77777 for e in crl) == 1
+    library = crl.get_revoked_certificate_by_serial_number(77777)
+    assert library is not None
+
+    class Untouchable:
+        def __getattr__(self, name: str) -> Any:
+            raise AssertionError(f"the hit used the parsed CRL ({name}): a linear scan")
+
+    indexed.crl = Untouchable()  # type: ignore[assignment]
+    hit = indexed.lookup(77777)
+    assert hit is not None
+    assert hit.revoked_at == library.revocation_date_utc == when
+    assert hit.reason == (reason.value if reason is not None else None)
 
 
 def test_indexed_crl_refuses_a_wrong_signer(pki: TestPKI) -> None:
