@@ -1,6 +1,7 @@
-"""End-to-end demo: a real TLS server that requests client certificates, the middleware in front of
-a small app, and real mTLS requests with good and bad certificates; each outcome is printed, then
-the login history. Loopback only; nothing is left running.
+"""End-to-end demo: mtls_middleware's own TLS listener (it requests a client certificate and lets the
+middleware judge it), the middleware in front of a small app, and real mTLS requests with good and
+bad certificates; each outcome is printed with its reason code, then the login history. Loopback
+only; nothing is left running.
 
     python examples/end_to_end.py
 """
@@ -10,9 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import http.client
 import json
-import logging
 import shutil
-import socket
 import ssl
 import sys
 import tempfile
@@ -21,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from werkzeug.serving import make_server
 
 from mtls_middleware import ENVIRON_KEY, MemoryStore, MTLSConfig
+from mtls_middleware.server import make_server
 from mtls_middleware.testing import Issued, TestPKI
 from mtls_middleware.wsgi import MTLSMiddleware
 
@@ -54,19 +53,31 @@ def request(port: int, root: Path, client: tuple[Path, Path] | None) -> tuple[st
         conn.close()
 
 
+def _short(body: str) -> str:
+    """The reason code of a refusal, or the body as it is."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body
+    return str(data["error"]) if isinstance(data, dict) and "error" in data else body
+
+
 def main() -> int:
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="mtls-demo-"))
     pki = TestPKI(org="Demo Corp")
     root = pki.write(work)
     server_cert, server_key = pki.issue_server("localhost").write(work, "server")
 
+    now = dt.datetime.now(dt.timezone.utc)
     users: dict[str, Issued] = {
         "alice (registered)": pki.issue_client("alice", san_emails=("alice@demo.example",)),
         "bob (valid, not registered)": pki.issue_client("bob"),
         "carol (user deactivated)": pki.issue_client("carol"),
-        # OpenSSL itself refuses these two at the handshake (a stdlib server cannot defer the
-        # verdict), so they never reach the middleware or the history.
+        "erin (expired)": pki.issue_client(
+            "erin", not_before=now - dt.timedelta(days=30), not_after=now - dt.timedelta(days=1)
+        ),
+        # A stdlib ssl server would drop these at the handshake; this listener lets the middleware
+        # refuse them with a reason, and the login history records it.
         "dave (no client-auth EKU)": pki.issue_client("dave", eku=(ExtendedKeyUsageOID.EMAIL_PROTECTION,)),
         "mallory (unknown CA)": TestPKI(org="Evil Corp").issue_client("mallory"),
     }
@@ -77,37 +88,28 @@ def main() -> int:
     store.upload_certificate(users["carol (user deactivated)"].chain_pem, user_id="carol")
     store.set_user_active("carol", False)
 
-    # Python's ssl module (before 3.13) hands the app only the leaf, not the intermediates the
-    # client sent: name the issuing CA so the middleware can build the path to the root.
-    config = MTLSConfig(
-        trust_roots=root, intermediates=[pki.issuing.cert], store=store, revocation="off"
-    )
+    # The listener hands the app the whole chain the client sent (leaf + issuing CA), so the
+    # config names only the root.
+    config = MTLSConfig(trust_roots=root, store=store, revocation="off")
     app = MTLSMiddleware(hello_app, config)
 
-    # The stdlib TLS layer requests a certificate and verifies the chain against our root; the
-    # middleware then applies every other rule and records why.
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(str(server_cert), str(server_key))
-    context.load_verify_locations(str(root))
-    context.verify_mode = ssl.CERT_OPTIONAL
-    server = make_server("127.0.0.1", 0, app, ssl_context=context, threaded=True)
-    port = server.socket.getsockname()[1]
+    server = make_server(
+        app, certfile=server_cert, keyfile=server_key, trust_roots=root, host="127.0.0.1", port=0
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    print(f"TLS server on https://localhost:{port}/ (client certificate requested)\n")
+    print(f"TLS server on https://localhost:{server.server_port}/ (client certificate requested)\n")
     try:
         cases: list[tuple[str, tuple[Path, Path] | None]] = [
             (name, issued.write(work, name.split()[0])) for name, issued in users.items()
         ]
         cases.append(("(no certificate)", None))
         for name, files in cases:
-            status, body = request(port, root, files)
-            print(f"{name:30} -> {status:18} {body}", flush=True)
+            status, body = request(server.server_port, root, files)
+            print(f"{name:30} -> {status:16} {_short(body)}", flush=True)
     finally:
         server.shutdown()
         thread.join(timeout=5)
-        socket.setdefaulttimeout(None)
 
     shutil.rmtree(work, ignore_errors=True)  # the demo's keys live only as long as the demo
     print("\nLogin history (newest first):")

@@ -58,10 +58,11 @@ class MTLSMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind not in ("http", "websocket") or (
-            self._exempt and self.config.is_exempt(scope.get("path", ""))
-        ):
+        if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)
+            return
+        if self._exempt and self.config.is_exempt(scope.get("path", "")):
+            await self.app(self.authenticator.strip_untrusted_asgi(scope), receive, send)  # type: ignore[arg-type]
             return
         auth = self.authenticator
         try:

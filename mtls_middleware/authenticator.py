@@ -170,8 +170,8 @@ class Authenticator:
                 return verdict.identity
 
             return hit_tls
-        if profile.chain_header is not None:
-            return _no_hit  # keyed on two headers: the general path is fast enough for those
+        if not profile.simple:
+            return _no_hit  # the verdict rests on more than one header: the general path decides
         contains, cert_key = self._trusted.contains, profile._cert_key
         verify_key, read_verify = profile._verify_key, profile.read_verify
 
@@ -222,7 +222,7 @@ class Authenticator:
                 return verdict.identity
 
             return hit_tls
-        if profile.chain_header is not None:
+        if not profile.simple:
             return _no_hit
         contains, read_verify = self._trusted.contains, profile.read_verify
         cert_name = profile.cert_header.lower().encode("latin-1")
@@ -257,6 +257,28 @@ class Authenticator:
             return verdict.identity
 
         return hit_proxy
+
+    # -- exempt paths -------------------------------------------------------------------------
+    def strip_untrusted_wsgi(self, environ: dict[str, Any]) -> None:
+        """Remove certificate headers that did not come from a trusted proxy (for exempt paths,
+        which skip authentication: the app must still never see a stranger's certificate header)."""
+        profile = self._profile
+        if profile is not None and not self._trusted.contains(environ.get("REMOTE_ADDR")):
+            for key in profile.environ_keys:
+                environ.pop(key, None)
+
+    def strip_untrusted_asgi(self, scope: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``scope``, or a copy without certificate headers from an untrusted peer (exempt paths)."""
+        profile = self._profile
+        if profile is None or self._trusted.contains(asgi_peer(scope)):
+            return scope
+        headers = scope.get("headers") or ()
+        if not profile.carries_certificate_headers(headers):
+            return scope
+        wanted = profile._wanted
+        copy = dict(scope)
+        copy["headers"] = [(name, value) for name, value in headers if name.lower() not in wanted]
+        return copy
 
     # -- extract ----------------------------------------------------------------------------
     def extract_wsgi(self, environ: dict[str, Any]) -> Presented | None:

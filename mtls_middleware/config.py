@@ -70,11 +70,15 @@ class MTLSConfig:
     Args:
         trust_roots: the trust anchors: a PEM file path, PEM bytes, or certificates.
         store: a :class:`~mtls_middleware.stores.Store`, or a store URL (``"memory://"``).
-        proxy: a header profile name (``"nginx"``) or :class:`ProxyProfile` to read the
-            certificate from a reverse proxy's headers; None reads the server's TLS layer only.
+        proxy: a header profile name (``"nginx"``, ``"apache"``, ``"envoy"``, ``"haproxy"``,
+            ``"traefik"``, ``"caddy"``, ``"aws-alb"``, ``"aws-alb-passthrough"``, ``"cloudflare"``,
+            ``"gcp"``, ``"azure"``, ``"kong"``, ``"rfc9440"``; see docs/proxies.md) or a
+            :class:`ProxyProfile` to read the certificate from a reverse proxy's headers; None
+            reads the server's TLS layer only.
         trusted_proxies: addresses / CIDR networks (IPv4, IPv6, or ``"unix"``) whose certificate
             headers are believed. Required, and only allowed, with ``proxy``.
-        proxy_headers: other header names for the profile: keys ``cert``, ``chain``, ``verify``.
+        proxy_headers: other header names for the profile: keys ``cert``, ``chain`` (for a
+            numbered chain, the prefix), ``verify``, ``present``, ``hash``, ``error``.
         mode: ``"required"`` refuses requests without a certificate; ``"optional"`` lets them
             through without an identity (a presented certificate must still be good).
         revocation: ``"require"`` (fail closed: a certificate whose status cannot be established

@@ -80,6 +80,7 @@ __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "TLSServer",
+    "make_context",
     "make_server",
     "serve",
 ]
@@ -151,16 +152,12 @@ def _private_key(value: KeyInput) -> PrivateKeyTypes:
         raise ConfigurationError(detail="keyfile: no PEM private key could be read") from None
 
 
-def _accept_any(
-    _conn: SSL.Connection, _cert: Any, _errno: int, _depth: int, _ok: int
-) -> bool:
+def _accept_any(_conn: SSL.Connection, _cert: Any, _errno: int, _depth: int, _ok: int) -> bool:
     # The handshake does not judge: MTLSMiddleware does, and records why it refuses.
     return True
 
 
-def make_context(
-    certfile: CertificateInput, keyfile: KeyInput, trust_roots: RootsInput
-) -> SSL.Context:
+def make_context(certfile: CertificateInput, keyfile: KeyInput, trust_roots: RootsInput) -> SSL.Context:
     """The server's pyOpenSSL context: TLS 1.2+, requests (never requires) a client certificate.
 
     ``certfile`` is the server certificate followed by its intermediates (a PEM path, PEM bytes or
@@ -291,7 +288,8 @@ def _tls_environ(conn: SSL.Connection) -> dict[str, str]:
         return values
     values["SSL_CLIENT_CERT"] = _pem(leaf)
     sent = list(conn.get_peer_cert_chain(as_cryptography=True) or ())
-    # OpenSSL documents the server-side chain without the leaf; some versions put it first.
+    # On the server side OpenSSL gives the chain without the leaf (client side: with it); should a
+    # version ever include it, it must not be handed on twice.
     if sent and sent[0] == leaf:
         sent = sent[1:]
     for index, cert in enumerate(sent[:MAX_CHAIN_LENGTH]):
@@ -454,6 +452,8 @@ class _WSGIRunner:
         code_text, _, reason = self.status.partition(" ")
         code = int(code_text)
         names = {name.lower() for name, _ in self.headers}
+        if h.server.closing:
+            h.close_connection = True
         if "connection" in names:
             wanted = {v.strip().lower() for n, v in self.headers if n.lower() == "connection"}
             if "close" in wanted:
@@ -708,7 +708,10 @@ class TLSServer:
         except TimeoutError:
             log.info("%s: no TLS handshake within %.0f s; closed", address[0], self.handshake_timeout)
         except (SSL.Error, OSError) as exc:
-            log.info("%s: TLS handshake failed (%s); closed", address[0], _describe(exc))
+            why = _describe(exc)
+            log.info("%s: TLS handshake failed (%s); closed", address[0], why)
+            if why == _PLAIN_HTTP:
+                _answer_plain_http(sock)
         return False
 
     # -- stopping ----------------------------------------------------------------------------
@@ -771,11 +774,26 @@ class TLSServer:
         self.shutdown()
 
 
+_PLAIN_HTTP = "plain HTTP sent to the TLS port"
+_PLAIN_HTTP_ANSWER = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+    b"Content-Length: 38\r\n\r\nThis port speaks HTTPS: use https://.\n"
+)
+
+
+def _answer_plain_http(sock: socket.socket) -> None:
+    # Like nginx's 497: a browser pointed at http:// learns why, instead of a reset.
+    with contextlib.suppress(OSError):
+        sock.send(_PLAIN_HTTP_ANSWER)
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(65536)  # what is already queued; a reset would otherwise discard our answer
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, SSL.Error) and exc.args and isinstance(exc.args[0], list):
         reasons = [str(item[-1]) for item in exc.args[0] if isinstance(item, tuple) and item]
         if "http request" in reasons:
-            return "plain HTTP sent to the TLS port"
+            return _PLAIN_HTTP
         if reasons:
             return ", ".join(reasons)
     return str(exc) or type(exc).__name__

@@ -57,6 +57,7 @@ class MTLSMiddleware:
         self, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
         if self._exempt and self.config.is_exempt(environ.get("PATH_INFO", "")):
+            self.authenticator.strip_untrusted_wsgi(environ)
             return self.app(environ, start_response)
         auth = self.authenticator
         try:

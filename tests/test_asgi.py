@@ -326,6 +326,23 @@ def test_exempt_paths(path: str, exempt: bool, pki: TestPKI, store: MemoryStore)
     assert len(inner.scopes) == (1 if exempt else 0)
 
 
+@pytest.mark.parametrize(
+    ("peer", "kept"),
+    [pytest.param("192.0.2.66", False, id="untrusted-peer-headers-stripped"), pytest.param(pc.PROXY_PEER, True, id="trusted-proxy-headers-kept")],
+)
+def test_exempt_path_never_shows_the_app_a_strangers_certificate_header(
+    peer: str, kept: bool, pki: TestPKI, store: MemoryStore, alice: Issued
+) -> None:
+    presentation = pc.Presentation(cert_header=pc.escaped(alice), verify_header="SUCCESS", peer=peer)
+    app, inner = make_app(pc.config_for(pki, store, presentation, exempt_paths=["/health"]))
+    response = http(app, presentation, path="/health")
+    assert response.status == 200
+    names = {name for name, _ in inner.scopes[-1]["headers"]}
+    assert (b"x-ssl-client-cert" in names) is kept
+    assert (b"x-ssl-client-verify" in names) is kept
+    assert b"host" in names  # the rest of the request is untouched
+
+
 # -- websocket --------------------------------------------------------------------------------
 
 

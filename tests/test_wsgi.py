@@ -307,6 +307,22 @@ def test_exempt_paths(path: str, exempt: bool, pki: TestPKI, store: MemoryStore)
         assert inner.seen == []
 
 
+@pytest.mark.parametrize(
+    ("peer", "kept"),
+    [pytest.param("192.0.2.66", False, id="untrusted-peer-headers-stripped"), pytest.param(pc.PROXY_PEER, True, id="trusted-proxy-headers-kept")],
+)
+def test_exempt_path_never_shows_the_app_a_strangers_certificate_header(
+    peer: str, kept: bool, pki: TestPKI, store: MemoryStore, alice: Issued
+) -> None:
+    presentation = pc.Presentation(cert_header=pc.escaped(alice), verify_header="SUCCESS", peer=peer)
+    app, inner = make_app(pc.config_for(pki, store, presentation, exempt_paths=["/health"]))
+    response = send(app, presentation, path="/health")
+    assert response.status_code == 200
+    seen = inner.seen[-1]
+    assert ("HTTP_X_SSL_CLIENT_CERT" in seen) is kept
+    assert ("HTTP_X_SSL_CLIENT_VERIFY" in seen) is kept
+
+
 # -- the TLS layer's environ keys -------------------------------------------------------------
 
 

@@ -175,6 +175,7 @@ def _parser() -> argparse.ArgumentParser:
         return sub
 
     _check_parser(commands, common)
+    _serve_parser(commands)
 
     # user
     users = group("user", "manage users")
@@ -292,6 +293,45 @@ def _check_parser(
     check.add_argument("--eku", choices=("required", "if-present"), default="required")
     check.add_argument("--allow-dual-purpose-eku", action="store_true")
     check.add_argument("--at", type=_parse_time, metavar="TIME", help="judge at this instant (ISO 8601)")
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (0-65535; 0 lets the OS pick)")
+    return value
+
+
+def _serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    text = (
+        "Serve the WSGI app MODULE:APP over TLS. Client certificates are requested from the CAs "
+        "named by --trust and accepted at the handshake whatever they are: the app's own "
+        "MTLSMiddleware decides, so its login history records why a certificate was refused. "
+        "Runs until SIGINT or SIGTERM; exit status 0 after a clean shutdown, 2 on a usage error."
+    )
+    serve = commands.add_parser(
+        "serve", help="serve a WSGI app over TLS (client certificates requested)", description=text
+    )
+    serve.add_argument(
+        "app",
+        metavar="MODULE:APP",
+        help="e.g. myapp:app (MODULE is imported; the current directory is searched)",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=_port, default=8443, help="default 8443; 0 lets the OS pick")
+    serve.add_argument(
+        "--cert", required=True, metavar="SERVER.pem", help="server certificate (+ intermediates)"
+    )
+    serve.add_argument("--key", required=True, metavar="KEY.pem", help="its private key (unencrypted PEM)")
+    serve.add_argument(
+        "--trust",
+        required=True,
+        metavar="ROOTS.pem",
+        help="CAs named to clients as acceptable issuers (the app's MTLSConfig decides what it trusts)",
+    )
 
 
 # -- check ------------------------------------------------------------------------------------
@@ -808,6 +848,72 @@ def _history_prune(store: Store, args: argparse.Namespace) -> _Result:
     return _Result({"removed": removed}, f"removed {removed} login record{'' if removed == 1 else 's'}")
 
 
+# -- serve ------------------------------------------------------------------------------------
+
+_APP_SPEC = re.compile(r"([A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*):([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)")
+
+
+def _load_app(spec: str) -> Any:
+    import importlib  # here, not at the top: the store commands need none of this
+
+    match = _APP_SPEC.fullmatch(spec)
+    if match is None:
+        raise _UsageError(f"{spec!r} is not MODULE:APP (for example myapp:app or pkg.wsgi:application)")
+    module_name, attribute = match.groups()
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise _UsageError(f"cannot import {module_name}: {exc}") from None
+    except ConfigurationError as exc:
+        raise _UsageError(f"{module_name}: {exc.detail}") from None
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise _UsageError(f"{module_name} has no attribute {attribute}") from None
+    if not callable(target):
+        raise _UsageError(f"{spec} is not a WSGI application (not callable)")
+    return target
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+
+    from ..server import make_server
+
+    try:
+        app = _load_app(args.app)
+        server = make_server(
+            app, certfile=args.cert, keyfile=args.key, trust_roots=args.trust, host=args.host, port=args.port
+        )
+    except _UsageError as exc:
+        return _usage(args, str(exc))
+    except ConfigurationError as exc:
+        return _usage(args, exc.detail)
+    except OSError as exc:
+        return _usage(args, f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def stop(signum: int, _frame: object) -> None:
+        logging.getLogger("mtls_middleware.server").info("%s: shutting down", signal.Signals(signum).name)
+        server.shutdown()  # on this thread it only asks; serve_forever finishes the job
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        print(f"serving {args.app} on {server.url} (Ctrl-C to stop)", flush=True)
+        server.serve_forever()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("stopped", flush=True)
+    return EXIT_OK
+
+
 # -- running ----------------------------------------------------------------------------------
 
 
@@ -893,6 +999,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     if args.command == "check":
         return _run_check(args)
+    if args.command == "serve":
+        return _run_serve(args)
     return _run_store_command(args)
 
 

@@ -14,6 +14,7 @@ __all__ = ["UNIX_PEER", "TrustedProxies"]
 UNIX_PEER = "unix"
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
 class TrustedProxies:
@@ -23,7 +24,7 @@ class TrustedProxies:
         ConfigurationError: an entry is not an address, a CIDR network, or ``"unix"``.
     """
 
-    __slots__ = ("_networks", "_trust_unix", "contains")
+    __slots__ = ("_entries", "_networks", "_trust_unix", "contains")
 
     def __init__(self, entries: Iterable[str]) -> None:
         networks: list[_Network] = []
@@ -47,6 +48,18 @@ class TrustedProxies:
                         f"({exc}); write e.g. '10.0.0.0/8', '192.0.2.7', '::1' or 'unix'"
                     )
                 ) from None
+        self._entries = tuple(networks)
+        # An IPv4-mapped entry (::ffff:10.0.0.0/104) names IPv4 hosts: an IPv4 socket reports
+        # them as 10.x, so the entry is kept in both forms.
+        for network in tuple(networks):
+            if (
+                isinstance(network, ipaddress.IPv6Network)
+                and network.prefixlen >= 96
+                and network.subnet_of(_MAPPED)
+            ):
+                mapped = network.network_address.ipv4_mapped
+                if mapped is not None:
+                    networks.append(ipaddress.IPv4Network((mapped, network.prefixlen - 96)))
         self._networks = tuple(networks)
         self._trust_unix = trust_unix
         # Peers repeat: a proxy is one address, so memoise the decision per address string.
@@ -56,7 +69,7 @@ class TrustedProxies:
         return bool(self._networks) or self._trust_unix
 
     def __repr__(self) -> str:
-        entries = [str(n) for n in self._networks] + ([UNIX_PEER] if self._trust_unix else [])
+        entries = [str(n) for n in self._entries] + ([UNIX_PEER] if self._trust_unix else [])
         return f"TrustedProxies({entries!r})"
 
     def _contains(self, peer: str | None) -> bool:
@@ -68,5 +81,7 @@ class TrustedProxies:
         except ValueError:
             return False
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            # An IPv4 peer on a dual-stack socket: the IPv4 host it is (the mapped entries were
+            # added in IPv4 form too).
             address = address.ipv4_mapped
         return any(address in network for network in self._networks)

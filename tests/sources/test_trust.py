@@ -100,3 +100,30 @@ def test_decisions_are_stable_across_repeats() -> None:
     gate = TrustedProxies(["192.0.2.0/24"])
     assert [gate.contains("192.0.2.1") for _ in range(3)] == [True] * 3
     assert [gate.contains("198.51.100.1") for _ in range(3)] == [False] * 3
+
+
+@pytest.mark.parametrize(
+    ("entry", "peer", "trusted"),
+    [
+        # An IPv4-mapped entry names IPv4 hosts, whichever socket family reports them.
+        ("::ffff:10.0.0.0/104", "10.1.2.3", True),
+        ("::ffff:10.0.0.0/104", "::ffff:10.1.2.3", True),
+        ("::ffff:10.0.0.0/104", "11.1.2.3", False),
+        ("::ffff:192.0.2.7", "192.0.2.7", True),
+        ("::ffff:192.0.2.7", "192.0.2.8", False),
+        # An IPv4 entry covers the same host seen through a dual-stack socket ...
+        ("192.0.2.7", "::ffff:192.0.2.7", True),
+        # ... but an IPv6 network does not swallow IPv4 hosts.
+        ("::/0", "192.0.2.7", False),
+        ("::/0", "::ffff:192.0.2.7", False),
+        ("::/0", "2001:db8::1", True),
+        ("0.0.0.0/0", "2001:db8::1", False),
+    ],
+    ids=repr,
+)
+def test_ipv4_mapped(entry: str, peer: str, trusted: bool) -> None:
+    assert TrustedProxies([entry]).contains(peer) is trusted
+
+
+def test_repr_keeps_mapped_entries_as_written() -> None:
+    assert repr(TrustedProxies(["::ffff:10.0.0.0/104"])) == "TrustedProxies(['::ffff:a00:0/104'])"

@@ -19,13 +19,14 @@ from urllib.parse import unquote_to_bytes
 from ...errors import CertificateError, Reason
 
 __all__ = [
+    "apache_verdict",
     "b64_der",
+    "boolean_verdict",
     "concatenated_der",
     "envoy_xfcc",
-    "leaf_der",
-    "boolean_verdict",
     "haproxy_verdict",
     "has_comma",
+    "leaf_der",
     "malformed",
     "openssl_verdict",
     "openssl_verdict_joined",
@@ -41,20 +42,28 @@ __all__ = [
 ]
 
 
+_BASE64 = re.compile(rb"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+
+
 def malformed(detail: str) -> CertificateError:
     """The one refusal a decoder raises."""
     return CertificateError(Reason.MALFORMED_CERTIFICATE, detail)
 
 
 def _b64(text: str | bytes, what: str) -> bytes:
-    # strict_mode: no characters outside the alphabet, no data after padding. A missing "=" is
+    # Strict: no characters outside the alphabet, no data after padding. A missing "=" is
     # restored first (RFC 8941 asks parsers to tolerate it).
-    data = text.encode("ascii") if isinstance(text, str) else text
+    try:
+        data = text.encode("ascii") if isinstance(text, str) else text
+    except UnicodeError:
+        raise malformed(f"{what}: non-ASCII text") from None
     if not data:
         raise malformed(f"{what}: empty base64")
     data += b"=" * (-len(data) % 4)
+    if not _BASE64.fullmatch(data):
+        raise malformed(f"{what}: not base64")
     try:
-        return binascii.a2b_base64(data, strict_mode=True)
+        return binascii.a2b_base64(data)
     except binascii.Error as exc:
         raise malformed(f"{what}: not base64 ({exc})") from None
 
@@ -68,13 +77,20 @@ def _one_value(value: str, what: str) -> str:
 # -- PEM ---------------------------------------------------------------------------------------
 
 
+def _unescape(value: str, what: str) -> bytes:
+    try:
+        return unquote_to_bytes(value)
+    except UnicodeError:  # a lone surrogate: no header can carry one
+        raise malformed(f"{what}: not URL-escaped text") from None
+
+
 def url_escaped_pem(value: str) -> list[bytes]:
     """PEM percent-encoded as a URI component (nginx, Kong, AWS ALB, Envoy values).
 
     ``+`` stays ``+`` (ALB leaves ``+=/`` unescaped; a ``+`` in base64 is not a space).
     """
     # The PEM alphabet has no comma and the escaping leaves none: one means two headers folded.
-    raw = unquote_to_bytes(_one_value(value, "certificate header"))
+    raw = _unescape(_one_value(value, "certificate header"), "certificate header")
     if not raw.lstrip().startswith(b"-----BEGIN"):
         raise malformed("certificate header is not a URL-escaped PEM")
     return [raw]
@@ -199,7 +215,10 @@ def traefik_certs(value: str) -> list[bytes]:
     """
     if ", " in value:
         raise malformed("certificate header holds ', ': duplicated header")
-    text = unquote_to_bytes(value.strip()).decode("ascii", errors="strict")
+    try:
+        text = _unescape(value.strip(), "certificate header").decode("ascii")
+    except UnicodeError:
+        raise malformed("certificate header: not base64 certificates") from None
     items: list[bytes] = []
     for part in text.split(","):
         part = part.strip()
@@ -412,11 +431,11 @@ def envoy_xfcc(value: str) -> list[bytes]:
             "x-forwarded-client-cert carries no Cert or Chain: set "
             "set_current_client_cert_details {cert: true, chain: true} in Envoy"
         )
-    items = [unquote_to_bytes(chain or cert)]
+    items = [_unescape(chain or cert, "x-forwarded-client-cert")]
     if not items[0].lstrip().startswith(b"-----BEGIN"):
         raise malformed("x-forwarded-client-cert: Cert/Chain is not URL-encoded PEM")
     leaf = leaf_der(items[0])
-    if cert and chain and leaf_der(unquote_to_bytes(cert)) != leaf:
+    if cert and chain and leaf_der(_unescape(cert, "x-forwarded-client-cert")) != leaf:
         raise malformed("x-forwarded-client-cert: Cert is not the first certificate of Chain")
     reported = element.get("hash")
     if reported is not None:
@@ -447,18 +466,23 @@ _ISSUER_UNKNOWN = frozenset(
 
 
 def openssl_verdict(value: str) -> bool | None:
-    """nginx ``$ssl_client_verify`` / Apache ``SSL_CLIENT_VERIFY``: SUCCESS, NONE, FAILED:reason.
+    """nginx ``$ssl_client_verify``: SUCCESS, NONE or FAILED:reason.
 
-    ``GENEROUS`` (Apache ``optional_no_ca`` let an unverified certificate through) and the
-    issuer-unknown FAILEDs are no verdict (None); anything else but SUCCESS is a failure.
+    The issuer-unknown FAILEDs are no verdict (None); anything else but SUCCESS is a failure.
     """
     if value == "SUCCESS":
         return True
-    if value in ("NONE", "GENEROUS"):
+    if value == "NONE":
         return None
     if value.startswith("FAILED:") and value[7:].strip().lower() in _ISSUER_UNKNOWN:
         return None
     return False
+
+
+def apache_verdict(value: str) -> bool | None:
+    """Apache ``SSL_CLIENT_VERIFY``: as nginx's, and ``GENEROUS`` (``optional_no_ca`` let an
+    unverified certificate through) is no verdict either."""
+    return None if value == "GENEROUS" else openssl_verdict(value)
 
 
 _VERDICT_WORDS = ("SUCCESS", "NONE", "GENEROUS", "FAILED:")
