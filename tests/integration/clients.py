@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .conftest import require_service
+from tests.conftest import require_service
 
 #: A request that takes longer than this has hung: fail, do not wait for pytest's own limits.
 TIMEOUT = 10

@@ -52,15 +52,19 @@ APACHE = ProxyProfile(
     read_verify=apache_verdict,
     verify_joined=openssl_verdict_joined,
     absent=frozenset({"(null)"}),
+    # Every depth the profile reads is set, so a client cannot add a chain header of its own.
     config=(
+        "SSLOptions +ExportCertData\n"
         'RequestHeader set X-SSL-Client-Cert "%{SSL_CLIENT_CERT}s"\n'
-        'RequestHeader set X-SSL-Client-Cert-Chain-0 "%{SSL_CLIENT_CERT_CHAIN_0}s"\n'
-        'RequestHeader set X-SSL-Client-Cert-Chain-1 "%{SSL_CLIENT_CERT_CHAIN_1}s"\n'
-        'RequestHeader set X-SSL-Client-Verify "%{SSL_CLIENT_VERIFY}s"'
+        + "".join(
+            f'RequestHeader set X-SSL-Client-Cert-Chain-{n} "%{{SSL_CLIENT_CERT_CHAIN_{n}}}s"\n'
+            for n in range(11)
+        )
+        + 'RequestHeader set X-SSL-Client-Verify "%{SSL_CLIENT_VERIFY}s"'
     ),
     reference="https://httpd.apache.org/docs/2.4/mod/mod_ssl.html#envvars",
-    notes="One line per chain depth (-0, -1, ... up to -10). GENEROUS (optional_no_ca) and "
-    "issuer-unknown FAILED are not verdicts; FAILED:<other> is.",
+    notes="Set every chain depth, -0 to -10: a depth left out is a header the client can send. "
+    "GENEROUS (optional_no_ca) and issuer-unknown FAILED are not verdicts; FAILED:<other> is.",
 )
 
 # https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_conn_man/headers#x-forwarded-client-cert
@@ -140,11 +144,20 @@ CADDY = ProxyProfile(
     name="caddy",
     cert_header="X-Client-Cert",
     decode=b64_der,
-    config="reverse_proxy ... {\n"
-    "    header_up X-Client-Cert {http.request.tls.client.certificate_der_base64}\n}",
+    # Without a client certificate Caddy sends the placeholder's own text: a plain header_up
+    # would turn "no certificate" into a malformed one. Tested with Caddy 2.6.
+    config="tls server.pem server.key { client_auth { mode request } }\n"
+    "@client_cert expression `{http.request.tls.client.certificate_der_base64} != null`\n"
+    "route {\n"
+    "    request_header -X-Client-Cert\n"
+    "    request_header @client_cert X-Client-Cert {http.request.tls.client.certificate_der_base64}\n"
+    "    reverse_proxy ...\n"
+    "}",
+    absent=frozenset({"{http.request.tls.client.certificate_der_base64}"}),
     reference="https://caddyserver.com/docs/modules/http#docs",
-    notes="Leaf only (Caddy has no chain placeholder): name the intermediates. No verify header: "
-    "use tls client_auth mode require_and_verify or verify_if_given.",
+    notes="Leaf only (Caddy has no chain placeholder): name the intermediates. No verify header. "
+    "client_auth mode request lets every certificate through to the middleware, which then names "
+    "the precise reason (require_and_verify would end bad handshakes inside Caddy).",
 )
 
 # https://developers.cloudflare.com/ssl/client-certificates/forward-a-client-certificate/ and the
