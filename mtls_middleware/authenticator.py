@@ -496,10 +496,9 @@ class Authenticator:
         generation: int,
         at: dt.datetime | None,
     ) -> Identity:
-        revocation = error.context.get("revocation")
         full = (
             error.reason.value, *facts[1:], *(None,) * (8 - len(facts)), error.detail,
-            revocation if isinstance(revocation, str) else None,
+            _revocation_summary(error),
         )
         if at is None and self._cache is not None and error.reason not in _UNCACHEABLE:
             ttl = self._negative_ttl
@@ -579,6 +578,21 @@ class Authenticator:
         """Stop background work (CRL refreshers). The authenticator must not be used after."""
         if self.revocation is not None:
             self.revocation.close()
+
+
+def _revocation_summary(error: MTLSError) -> str | None:
+    """The revocation field of a refusal's record: what the revocation stage found, if it decided.
+
+    Shaped like an accepted summary (``method:status``) so that metrics label both alike.
+    """
+    reason = error.reason
+    if reason is Reason.CERTIFICATE_REVOKED:
+        return f"{error.context.get('method') or 'unknown'}:revoked"
+    if reason is Reason.REVOCATION_UNAVAILABLE:
+        return "failed:unavailable"
+    if reason is Reason.NO_REVOCATION_SOURCE:
+        return "none:no-source"
+    return None
 
 
 def _untrusted_proxy(peer: str | None) -> ProxyError:

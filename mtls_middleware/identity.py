@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from .errors import NoCertificateError, Reason
 from .stores.base import ENFORCE_MTLS, Principal, Store
+
+if TYPE_CHECKING:
+    from .revocation.checker import CheckRecord
 
 __all__ = [
     "ENFORCE_MTLS",
@@ -53,7 +57,7 @@ class Identity:
     chain: tuple[x509.Certificate, ...] = field(repr=False)
     source: str
     revocation: str = "off"
-    revocation_checks: tuple[Any, ...] = field(default=(), repr=False)
+    revocation_checks: tuple[CheckRecord, ...] = field(default=(), repr=False)
     permissions: frozenset[str] = frozenset()
 
     def has_permission(self, permission: str) -> bool:
@@ -162,8 +166,6 @@ def require_certificate_login(store: Store, user_id: str, identity: Identity | N
     Raises:
         NoCertificateError: ``no_certificate``, the user must present their certificate.
     """
-    from .errors import NoCertificateError, Reason
-
     principal = store.resolve_user(user_id)
     if principal is None or ENFORCE_MTLS not in principal.permissions:
         return

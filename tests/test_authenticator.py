@@ -542,3 +542,47 @@ def test_repeated_cache_hits_do_not_grow_the_refusal(pki: TestPKI, store: Memory
             depths.append(len(traceback.extract_tb(exc.__traceback__)))
     assert len(depths) == 20
     assert depths[-1] <= depths[1]
+
+
+# -- what a revocation refusal records ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "summary", "label"),
+    [
+        pytest.param("revoked", "certificate_revoked", "ocsp:revoked", "ocsp", id="revoked"),
+        pytest.param("unknown", "revocation_unavailable", "failed:unavailable", "failed", id="unknown-no-crl"),
+        pytest.param(None, "no_revocation_source", "none:no-source", "none", id="no-source"),
+    ],
+)
+def test_revocation_refusal_records_what_the_stage_found(
+    pki: TestPKI, status: str | None, reason: str, summary: str, label: str
+) -> None:
+    from mtls_middleware.metrics import Counters
+    from tests.revocation.ocsp_server import OCSPTestResponder
+
+    with OCSPTestResponder(pki.issuing) as responder:
+        leaf = pki.issue_client(f"refusal {reason}", ocsp_url=responder.url if status else None)
+        if status == "revoked":
+            responder.set_status(
+                leaf.cert.serial_number, "revoked",
+                revoked_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1),
+            )
+        elif status is not None:
+            responder.set_status(leaf.cert.serial_number, status)
+        store = MemoryStore()
+        store.add_user("zoe")
+        store.upload_certificate(leaf.chain_pem, user_id="zoe")
+        counters = Counters()
+        config = MTLSConfig(
+            trust_roots=[pki.root.cert], intermediates=[pki.issuing.cert], store=store,
+            revocation="require", revocation_scope="leaf", metrics=counters,
+        )
+        auth = Authenticator(config)
+        with pytest.raises(MTLSError) as refused:
+            auth.authenticate_wsgi(environ_for(leaf))
+        assert refused.value.reason.value == reason
+        record = store.login_history(limit=1)[0]
+        assert record.outcome == reason
+        assert record.revocation == summary
+        assert counters.snapshot() == {(reason, label): 1}
