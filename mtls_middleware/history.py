@@ -263,11 +263,15 @@ class _Channel:
         drained = not self.thread.is_alive()
         self.closed = True
         if drained:
-            # A record that passed the length check just before the switch may have landed
-            # after the thread's last look at the buffer.
-            leftover = [item for item in _take_all(self.buf) if not isinstance(item, _Flush)]
-            if leftover:
-                self.write(leftover)
+            # A record or a flush marker may have landed after the thread's last look at the
+            # buffer (it passed its check just before the switch): write the one, answer the other.
+            leftover = _take_all(self.buf)
+            records = [item for item in leftover if not isinstance(item, _Flush)]
+            if records:
+                self.write(records)
+            for item in leftover:
+                if isinstance(item, _Flush):
+                    item.done.set()
         with self.room:
             self.room.notify_all()
         return drained
@@ -378,10 +382,12 @@ class HistoryWriter:
             return
         with channel.room:
             channel.waits += 1
-            while len(channel.buf) >= channel.maxsize and not channel.closed:
+            # A dead thread would never make room: write this one ourselves rather than wait
+            # forever.
+            while len(channel.buf) >= channel.maxsize and not channel.closed and channel.thread.is_alive():
                 channel.wake.set()
                 channel.room.wait(0.1)
-        if channel.stopping:
+        if channel.stopping or not channel.thread.is_alive():
             channel.write([record])
             return
         channel.buf.append(record)

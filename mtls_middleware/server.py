@@ -35,7 +35,10 @@ every connection after one answer. This one keeps connections alive (a response 
 (further connections wait in the listen backlog), does the handshake in that thread under
 ``handshake_timeout`` (a silent client cannot hold the accept loop or a thread), closes a
 connection idle for ``idle_timeout``, and logs and drops a failed handshake (plain HTTP sent to the
-TLS port, garbage) without disturbing other connections. :meth:`TLSServer.shutdown` stops
+TLS port, garbage) without disturbing other connections. A request line and its headers must
+arrive whole within ``idle_timeout`` (a client dribbling bytes cannot hold a thread either) and
+within 64 KiB (431 otherwise); a folded (obs-fold) header line or a malformed request target is a
+400. :meth:`TLSServer.shutdown` stops
 accepting, closes idle connections at once, lets requests in progress finish for up to
 ``shutdown_timeout`` seconds, then closes whatever is left.
 
@@ -47,6 +50,7 @@ INFO for failed handshakes, ERROR with the traceback when the app raises (the cl
 from __future__ import annotations
 
 import contextlib
+import http.client
 import http.server
 import io
 import logging
@@ -58,6 +62,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
+from http import HTTPStatus
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Final, cast
 
@@ -100,6 +105,7 @@ RootsInput = StrPath | bytes | Sequence[x509.Certificate]
 _TLS12_CIPHERS = b"ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!MD5:!DSS"
 _SESSION_ID_CONTEXT = b"mtls_middleware.server"
 _MAX_REQUEST_BODY_DRAIN = 64 * 1024  # unread body we swallow to keep a connection alive
+_MAX_HEADER_BYTES = 64 * 1024  # all header lines of one request (http.server caps each line only)
 _SEND_CHUNK = 16 * 1024  # one TLS record's worth
 _HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
@@ -209,21 +215,29 @@ def make_context(certfile: CertificateInput, keyfile: KeyInput, trust_roots: Roo
 # -- one connection -----------------------------------------------------------------------------
 
 
+class _PeerGone(ConnectionResetError):
+    """The client hung up or broke TLS: the connection, not the app, failed."""
+
+
+class _PeerSilent(TimeoutError):
+    """The client sent nothing in time: the connection, not the app, failed."""
+
+
 def _wait(sock: socket.socket, *, write: bool, deadline: float) -> None:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
-        raise TimeoutError("timed out")
+        raise _PeerSilent("timed out")
     ready = select.select([], [sock], [], remaining) if write else select.select([sock], [], [], remaining)
     if not any(ready):
-        raise TimeoutError("timed out")
+        raise _PeerSilent("timed out")
 
 
 class _TLSStream(io.RawIOBase):
     """The decrypted byte stream of one connection, for http.server's ``rfile`` and ``wfile``.
 
     The socket is non-blocking underneath; every read waits at most ``timeout`` seconds for the
-    peer. A peer that hangs up, cleanly or not, reads as end of file; other TLS failures raise
-    ConnectionError, and silence raises TimeoutError.
+    peer, and never past ``deadline`` when one is set. A peer that hangs up, cleanly or not, reads
+    as end of file; other TLS failures raise :class:`_PeerGone`, and silence :class:`_PeerSilent`.
     """
 
     def __init__(self, conn: SSL.Connection, sock: socket.socket, timeout: float) -> None:
@@ -231,6 +245,7 @@ class _TLSStream(io.RawIOBase):
         self._conn = conn
         self._sock = sock
         self.timeout = timeout
+        self.deadline: float | None = None
 
     def readable(self) -> bool:
         return True
@@ -240,6 +255,8 @@ class _TLSStream(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         deadline = time.monotonic() + self.timeout
+        if self.deadline is not None:
+            deadline = min(deadline, self.deadline)
         while True:
             try:
                 return self._conn.recv_into(buffer)
@@ -252,9 +269,9 @@ class _TLSStream(io.RawIOBase):
             except SSL.SysCallError as exc:
                 if exc.args and exc.args[0] in (-1, 0):  # EOF without close_notify
                     return 0
-                raise ConnectionResetError(f"TLS read failed: {exc}") from None
+                raise _PeerGone(f"TLS read failed: {exc}") from None
             except SSL.Error as exc:
-                raise ConnectionResetError(f"TLS read failed: {exc}") from None
+                raise _PeerGone(f"TLS read failed: {exc}") from None
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
@@ -268,7 +285,7 @@ class _TLSStream(io.RawIOBase):
             except SSL.WantReadError:
                 _wait(self._sock, write=False, deadline=deadline)
             except SSL.Error as exc:
-                raise ConnectionResetError(f"TLS write failed: {exc}") from None
+                raise _PeerGone(f"TLS write failed: {exc}") from None
         return sent
 
 
@@ -313,6 +330,21 @@ class _Connection:
             self.sock.shutdown(socket.SHUT_RDWR)
 
 
+class _RequestReader(io.BufferedReader):
+    """``rfile``: while ``budget`` is set, the lines read (the headers) may total that many bytes."""
+
+    budget: int | None = None
+
+    def readline(self, size: int | None = -1, /) -> bytes:
+        line = super().readline(size)
+        if self.budget is not None:
+            self.budget -= len(line)
+            if self.budget < 0:
+                # parse_request answers LineTooLong with 431.
+                raise http.client.LineTooLong(f"request headers over {_MAX_HEADER_BYTES} bytes")
+        return line
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     """HTTP/1.1 over an established TLS stream, each request handed to the WSGI app."""
 
@@ -336,7 +368,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         super().__init__(state.sock, address, server)  # type: ignore[arg-type]
 
     def setup(self) -> None:
-        self.rfile = io.BufferedReader(self.stream, 64 * 1024)
+        self.reader = _RequestReader(self.stream, 64 * 1024)
+        self.rfile = self.reader
         self.wfile = self.stream  # type: ignore[assignment]  # raw: every write goes out at once
 
     def finish(self) -> None:
@@ -344,9 +377,27 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.rfile.close()
 
     def handle_one_request(self) -> None:
+        # The per-read timeout alone would let a client sending a byte a minute hold this thread
+        # for ever: the request line and headers get idle_timeout in all.
+        self.stream.deadline = time.monotonic() + self.stream.timeout
         super().handle_one_request()
         if self.server.closing:
             self.close_connection = True
+
+    def parse_request(self) -> bool:
+        self.reader.budget = _MAX_HEADER_BYTES
+        try:
+            if not super().parse_request():
+                return False
+        finally:
+            self.reader.budget = None
+        # The body has no deadline of its own: only the per-read timeout.
+        self.stream.deadline = None
+        if any("\r" in value or "\n" in value for value in self.headers.values()):
+            # RFC 9112 5.2: reject obs-fold rather than guess where the value ends.
+            self.send_error(HTTPStatus.BAD_REQUEST, "Folded header line")
+            return False
+        return True
 
     def _run(self) -> None:
         self.connection_state.busy = True
@@ -408,7 +459,6 @@ class _WSGIRunner:
             if "_" in name:  # X_Foo would collide with X-Foo; nginx drops them too
                 continue
             key = name.upper().replace("-", "_")
-            value = value.replace("\r\n", "")
             if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
                 key = f"HTTP_{key}"
             environ[key] = f"{environ[key]},{value}" if key in environ else value
@@ -487,7 +537,11 @@ class _WSGIRunner:
 
     def run(self) -> None:
         h = self.handler
-        environ = self.environ()
+        try:
+            environ = self.environ()
+        except ValueError:  # an absolute-form target urlsplit refuses ("http://[::1/")
+            h.send_error(HTTPStatus.BAD_REQUEST, "Bad request target")
+            return
         try:
             result: Iterable[bytes] = h.server.app(environ, self.start_response)
             try:
@@ -501,7 +555,9 @@ class _WSGIRunner:
                 close = getattr(result, "close", None)
                 if close is not None:
                     close()
-        except (ConnectionError, TimeoutError):
+        except (_PeerGone, _PeerSilent):
+            # Only the client's failures: a ConnectionError the app raises (its database is down)
+            # is the app's error, logged and answered 500 below.
             h.close_connection = True
             raise
         except Exception:

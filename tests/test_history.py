@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from mtls_middleware import ACCEPTED, HistorySink, LoginRecord, MemoryHistory
+from mtls_middleware import history as history_module
 from mtls_middleware.history import HistoryWriter, history_cutoff
 
 
@@ -302,6 +303,45 @@ def test_close_flushes_stops_the_thread_then_writes_synchronously(writers: list[
     assert sink.times[-1] == 50
     assert writer.flush() is True
     assert writer.close() is True  # idempotent
+
+
+def test_close_answers_a_flush_that_arrived_after_the_threads_last_look(
+    writers: list[HistoryWriter],
+) -> None:
+    # The race, frozen: flush() saw the thread alive, the thread then drained and stopped, and
+    # only then did the marker (and a record) land in the buffer.
+    sink = Sink()
+    writer = make_writer(writers, sink)
+    channel = writer._channel
+    channel.stopping = True
+    channel.wake.set()
+    channel.thread.join(30)
+    marker = history_module._Flush()
+    channel.buf.extend([record(at=1), marker])
+    assert writer.close(timeout=30) is True
+    assert marker.done.is_set()
+    assert sink.times == [1]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the death
+def test_record_does_not_wait_forever_on_a_dead_writer_thread(writers: list[HistoryWriter]) -> None:
+    class DiesOnce(Sink):
+        def __call__(self, batch: Sequence[LoginRecord]) -> None:
+            if self.calls == 0:
+                self.calls += 1
+                raise SystemExit  # not an Exception: it ends the thread, as nothing else can
+            super().__call__(batch)
+
+    sink = DiesOnce()
+    writer = make_writer(writers, sink, maxsize=1, retries=0)
+    writer.record(record(at=0))
+    writer._channel.thread.join(30)
+    assert not writer._channel.thread.is_alive()
+    recorder = threading.Thread(target=lambda: [writer.record(record(at=i)) for i in (1, 2)])
+    recorder.start()
+    recorder.join(30)
+    assert not recorder.is_alive()
+    assert sink.times == [2]  # 1 sits in the buffer (the dead thread's); 2 was written at once
 
 
 def test_an_abandoned_writer_drains_and_stops() -> None:

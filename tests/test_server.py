@@ -7,6 +7,7 @@ Python's ``ssl`` + ``http.client``, ``curl``, and pyOpenSSL.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import http.client
 import json
@@ -90,6 +91,8 @@ class EchoApp:
         if environ["PATH_INFO"] == "/slow":
             self.entered.set()
             self.release.wait(TIMEOUT)
+        if environ["PATH_INFO"] == "/database-down":
+            raise ConnectionRefusedError("the app's own database refused")
         identity = environ.get(ENVIRON_KEY)
         body = json.dumps({"user_id": identity.user_id if identity else None}).encode()
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
@@ -215,6 +218,21 @@ def pyopenssl_get(port: int, files: Files, client: Client | None) -> Answer:
             data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     return Answer(int(head.split()[1]), body)
+
+
+def raw_exchange(port: int, files: Files, client: Client | None, request: bytes) -> bytes:
+    """Send ``request`` as is over TLS; everything the server answers until it closes."""
+    ctx = client_context(files, client)
+    with (
+        socket.create_connection((LOOPBACK, port), timeout=TIMEOUT) as plain,
+        ctx.wrap_socket(plain, server_hostname="localhost") as sock,
+    ):
+        sock.sendall(request)
+        answer = b""
+        with contextlib.suppress(ssl.SSLEOFError, ConnectionResetError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+    return answer
 
 
 FETCHERS = [
@@ -360,6 +378,64 @@ def test_a_silent_client_is_cut_off_after_the_handshake_timeout(files: Files, st
         assert python_get(running.port, files, files.clients["alice"]).status == 200
     finally:
         stop(running)
+
+
+def test_a_client_dribbling_its_headers_is_cut_off(files: Files, store: MemoryStore) -> None:
+    # Every byte comes well inside the per-read timeout; only a deadline on the whole request
+    # head ends this. Without one the loop sends all its bytes and the connection is still open.
+    running = start(files, store, idle_timeout=0.5, max_connections=1)
+    try:
+        ctx = client_context(files, files.clients["alice"])
+        with (
+            socket.create_connection((LOOPBACK, running.port), timeout=TIMEOUT) as plain,
+            ctx.wrap_socket(plain, server_hostname="localhost") as sock,
+        ):
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+            sock.settimeout(0.1)  # the pause between two bytes, spent waiting for the server
+            closed = False
+            for _ in range(150):
+                try:
+                    sock.sendall(b"a")
+                    closed = sock.recv(1) == b""
+                except TimeoutError:
+                    continue
+                except (ssl.SSLEOFError, ConnectionError):
+                    closed = True
+                if closed:
+                    break
+            assert closed
+        # The only connection slot is free again.
+        assert python_get(running.port, files, files.clients["alice"]).status == 200
+    finally:
+        stop(running)
+
+
+def test_request_headers_over_the_limit_are_refused(listener: Listener, files: Files) -> None:
+    # Each line is within http.server's own 64 KiB line limit; together they are not.
+    headers = {f"X-Big-{n}": "a" * 8000 for n in range(10)}
+    answer = python_get(listener.port, files, files.clients["alice"], headers=headers)
+    assert answer.status == 431
+    assert listener.app.seen == []
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        pytest.param(b"GET / HTTP/1.1\r\nHost: localhost\r\nX-A: one\r\n two\r\n\r\n", id="crlf-fold"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: localhost\r\nX-A: one\n two\r\n\r\n", id="lf-fold"),
+        pytest.param(b"GET http://[::1/ HTTP/1.1\r\nHost: localhost\r\n\r\n", id="bad-absolute-target"),
+    ],
+)
+def test_malformed_requests_get_400(listener: Listener, files: Files, request_bytes: bytes) -> None:
+    answer = raw_exchange(listener.port, files, files.clients["alice"], request_bytes)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert listener.app.seen == []
+
+
+def test_a_connection_error_raised_by_the_app_is_a_500(listener: Listener, files: Files) -> None:
+    # Not mistaken for the client hanging up: the client gets an answer, the log the traceback.
+    answer = python_get(listener.port, files, files.clients["alice"], "/database-down")
+    assert answer.status == 500
 
 
 def test_concurrent_clients_are_all_served(listener: Listener, files: Files) -> None:

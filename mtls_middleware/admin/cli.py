@@ -767,14 +767,14 @@ class _ImportRefused(Exception):
     def __init__(self, refused: BatchRefused, rows: Sequence[_CsvRow]) -> None:
         super().__init__(str(refused))
         self.reason = refused.reason
-        self.rows = [
+        self.rows = [  # refusals come in batch order, one index per uploaded row
             {
-                "row": rows[index].row if 0 <= index < len(rows) else index + 2,
-                "user_id": rows[index].upload.user_id if 0 <= index < len(rows) else None,
+                "row": rows[index].row,
+                "user_id": rows[index].upload.user_id,
                 "error": error.reason.value,
                 "message": error.detail,
             }
-            for index, error in sorted(refused.refusals, key=lambda item: item[0])
+            for index, error in refused.refusals
         ]
         self.message = (
             f"{len(self.rows)} of {len(rows)} row{'' if len(rows) == 1 else 's'} refused; "
@@ -788,12 +788,11 @@ def _cert_export(store: Store, args: argparse.Namespace) -> _Result:
     writer = csv.writer(out)
     writer.writerow((*CSV_COLUMNS, *EXPORT_EXTRA_COLUMNS))
     for cert in certs:
-        pem = store.download_certificate(cert.fingerprint)
         writer.writerow(
             (
                 cert.user_id,
                 cert.label,
-                pem.decode("utf-8", "surrogateescape"),
+                cert.pem.decode("utf-8", "surrogateescape"),  # the upload's exact bytes
                 cert.org,
                 cert.fingerprint,
                 _iso(cert.uploaded_at),
@@ -966,12 +965,16 @@ def _run_store_command(args: argparse.Namespace) -> int:
         store = open_store(url)
     except ConfigurationError as exc:
         return _usage(args, exc.detail)
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, sqlite3.Error, UnicodeEncodeError) as exc:
         return _usage(args, f"cannot open the store {url!r}: {exc}")
     try:
         result = handler(store, args)
     except _UsageError as exc:
         return _usage(args, str(exc))
+    except UnicodeEncodeError as exc:
+        # Undecodable bytes in an argument (POSIX hands them over as lone surrogates): the
+        # stores refuse them on writes; a SQLite lookup cannot even encode them.
+        return _usage(args, f"{exc.object!r} is not UTF-8 text")
     except _ImportRefused as exc:
         return _refused(args, exc.reason, exc.message, exc.rows)
     except ConfigurationError as exc:

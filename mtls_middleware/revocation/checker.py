@@ -22,6 +22,7 @@ from ..errors import ConfigurationError, Reason, RevocationError
 from .base import SourceFailure, StatusAnswer, StatusSource
 from .crl import CRLSource
 from .fetch import Fetcher
+from .ocsp import OCSPSource
 
 __all__ = ["CheckRecord", "RevocationChecker", "RevocationOutcome", "RevocationPolicy"]
 
@@ -188,7 +189,7 @@ class _Finding:
 class RevocationChecker:
     """Checks the revocation status of validated paths under a :class:`RevocationPolicy`.
 
-    Sources default to OCSP (when ``policy.ocsp`` and :mod:`.ocsp` is available) and CRLs, both
+    Sources default to OCSP (when ``policy.ocsp``) and CRLs, both
     over one :class:`Fetcher`. Blocking: never call :meth:`check` on an event-loop thread.
 
     Raises:
@@ -225,13 +226,9 @@ class RevocationChecker:
                 )
             )
 
-    def _default_ocsp(self) -> StatusSource | None:
-        try:
-            from .ocsp import OCSPSource  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:
-            return None
+    def _default_ocsp(self) -> StatusSource:
         p = self.policy
-        source: StatusSource = OCSPSource(
+        return OCSPSource(
             self._fetcher,
             responder=p.ocsp_responder,
             pinned=p.ocsp_responder_certificates,
@@ -240,7 +237,6 @@ class RevocationChecker:
             clock_skew=p.clock_skew,
             max_age=p.max_age,
         )
-        return source
 
     @property
     def crl_source(self) -> StatusSource | None:
@@ -302,7 +298,7 @@ class RevocationChecker:
                 )
             if answer is None:
                 unresolved.append((index, finding))
-                summary.append(f"{'none' if finding.reason is Reason.NO_REVOCATION_SOURCE else 'failed'}")
+                summary.append("none" if finding.reason is Reason.NO_REVOCATION_SOURCE else "failed")
             else:
                 summary.append(f"{answer.method}:{answer.status}")
                 expires = min(expires, answer.expires)

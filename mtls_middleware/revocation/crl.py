@@ -242,6 +242,7 @@ class IndexedCRL:
         "tbs",
         "this_update",
         "unusable",
+        "vouched",
     )
 
     def __init__(self, data: bytes, *, signer: Any = None, source: str = "<memory>") -> None:
@@ -256,6 +257,8 @@ class IndexedCRL:
         self._base = tbs_header  # entry offsets are into der; self.tbs starts here
         self._lock = threading.Lock()
         self._verified: dict[bytes, bool] = {}
+        #: Issuer certificates whose own key signed this CRL and which may sign CRLs (cRLSign).
+        self.vouched: set[x509.Certificate] = set()
         if signer is not None and not self.is_signed_by(signer):
             raise ValueError("the CRL signature does not verify with the given key")
         self.issuer = self.crl.issuer
@@ -587,9 +590,15 @@ class CRLSource:
         are where a separate CRL-signing certificate's issuer is looked for.
 
         Raises:
-            SourceFailure: no usable CRL covers the certificate (each location's problem listed).
+            SourceFailure: no usable CRL covers the certificate (each location's problem listed);
+                no other exception leaves this method.
         """
-        return self._status(cert, issuer, above, deadline=deadline, now=now, depth=0)
+        try:
+            return self._status(cert, issuer, above, deadline=deadline, now=now, depth=0)
+        except SourceFailure:
+            raise
+        except Exception as exc:  # a hostile CRL field the checks above did not foresee: fail closed
+            raise SourceFailure("crl", f"unexpected {type(exc).__name__}: {exc}") from exc
 
     def _status(
         self,
@@ -617,6 +626,8 @@ class CRLSource:
             try:
                 crl, cached = self._obtain(location, deadline)
                 self._judge(crl, issuer, above, now=now, deadline=deadline, depth=depth)
+                if not cached:
+                    self._remember(location, crl)
                 reasons = _scope(crl, cert)
             except SourceFailure as failure:
                 failures.append(failure)
@@ -672,7 +683,9 @@ class CRLSource:
     ) -> None:
         """Raise SourceFailure unless ``crl`` is a usable, authentic, fresh CRL of ``issuer``."""
         source = crl.source
-        if crl.issuer != issuer.subject:
+        # What does not change with time is judged once per copy and issuer (see _authentic).
+        vouched = issuer in crl.vouched
+        if not vouched and crl.issuer != issuer.subject:
             raise SourceFailure(
                 source, f"the CRL is issued by {_rfc4514(crl.issuer)}, not by the certificate's issuer"
             )
@@ -692,6 +705,8 @@ class CRLSource:
             raise SourceFailure(
                 source, f"the CRL is older than allowed (thisUpdate {crl.this_update:%Y-%m-%d}"
             )
+        if vouched:
+            return
         why = self._authentic(crl, issuer, above, now=now, deadline=deadline, depth=depth)
         if why:
             raise SourceFailure(source, why)
@@ -710,6 +725,8 @@ class CRLSource:
         own_ok = crl.is_signed_by(issuer.public_key())
         if own_ok:
             if _may_sign_crls(issuer):
+                # Holds for as long as this copy is used; a separate signer's standing does not.
+                crl.vouched.add(issuer)
                 return None
             problem = "the CRL issuer is not authorized to sign CRLs (keyUsage lacks cRLSign)"
         else:
@@ -782,15 +799,19 @@ class CRLSource:
         )
         self.fetches += 1
         try:
-            crl = IndexedCRL(data, source=location)
+            return IndexedCRL(data, source=location)
         except ValueError as exc:
             raise SourceFailure(location, f"not a CRL: {exc}") from None
+
+    def _remember(self, location: str, crl: IndexedCRL) -> None:
+        # Only once judged authentic and fresh: a forged copy on the plain-HTTP path, cached, would
+        # be refused on every request until the nextUpdate it names, and (by a later thisUpdate)
+        # would keep the authentic CRL out.
         with self._lock:
             old = self._cache.get(location)
             # Never let an older copy (a replay, a lagging mirror) replace a newer one.
-            if old is None or crl.this_update >= old.crl.this_update:
+            if old is None or (old.crl is not crl and crl.this_update >= old.crl.this_update):
                 self._cache[location] = _Cached(crl)
-        return crl
 
     def _local(self, local: _LocalFile) -> IndexedCRL:
         moment = time.monotonic()

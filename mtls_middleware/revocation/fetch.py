@@ -8,13 +8,18 @@ the body size, and the caller's deadline, which also bounds a server that drips 
 from __future__ import annotations
 
 import http.client
+import io
+import socket
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from .base import SourceFailure
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 __all__ = ["FetchError", "Fetcher", "SingleFlight"]
 
@@ -87,6 +92,7 @@ class Fetcher:
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
+        response: http.client.HTTPResponse | None = None
         try:
             conn.request(
                 method,
@@ -94,6 +100,9 @@ class Fetcher:
                 body=body,
                 headers={"User-Agent": _USER_AGENT, "Connection": "close", **headers},
             )
+            # http.client reads the status line and headers itself, one short read at a time:
+            # only a socket that checks the deadline on every read stops a server dripping them.
+            conn.sock = _DeadlineSocket(conn.sock, deadline, self.timeout, url)
             response = conn.getresponse()
             if response.status != 200:
                 raise FetchError(url, f"HTTP {response.status} {response.reason}")
@@ -102,15 +111,7 @@ class Fetcher:
                 raise FetchError(url, f"response of {length} bytes; the limit is {max_bytes}")
             chunks: list[bytes] = []
             size = 0
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise FetchError(url, "the response did not arrive within the time allowed")
-                if conn.sock is not None:
-                    conn.sock.settimeout(min(self.timeout, remaining))
-                chunk = response.read1(_CHUNK) if hasattr(response, "read1") else response.read(_CHUNK)
-                if not chunk:
-                    break
+            while chunk := response.read1(_CHUNK):
                 size += len(chunk)
                 if size > max_bytes:
                     raise FetchError(url, f"response over the limit of {max_bytes} bytes")
@@ -119,11 +120,57 @@ class Fetcher:
         except FetchError:
             raise
         except TimeoutError:
+            if time.monotonic() >= deadline:
+                raise FetchError(url, "the response did not arrive within the time allowed") from None
             raise FetchError(url, f"timed out after {timeout:.1f} s") from None
         except (OSError, http.client.HTTPException) as exc:
             raise FetchError(url, f"{type(exc).__name__}: {exc}") from None
         finally:
+            if response is not None:
+                response.close()
             conn.close()
+
+
+class _DeadlineSocket:
+    """A connected socket whose reads each wait at most ``timeout`` and never past ``deadline``."""
+
+    def __init__(self, sock: socket.socket, deadline: float, timeout: float, url: str) -> None:
+        self._sock = sock
+        self._deadline = deadline
+        self._timeout = timeout
+        self._url = url
+
+    def makefile(self, mode: str = "rb", *args: object, **kwargs: object) -> io.BufferedReader:
+        # The socket's own raw file underneath keeps the descriptor open until the response is
+        # closed, as http.client expects when it closes the connection after the headers.
+        return io.BufferedReader(_DeadlineReader(self, self._sock.makefile("rb", buffering=0)))
+
+    def before_read(self) -> None:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise FetchError(self._url, "the response did not arrive within the time allowed")
+        self._sock.settimeout(min(self._timeout, remaining))
+
+    def __getattr__(self, name: str) -> object:  # sendall, close, ... as the socket has them
+        return getattr(self._sock, name)
+
+
+class _DeadlineReader(io.RawIOBase):
+    def __init__(self, sock: _DeadlineSocket, raw: io.RawIOBase) -> None:
+        super().__init__()
+        self._sock = sock
+        self._raw = raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int | None:
+        self._sock.before_read()
+        return self._raw.readinto(buffer)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
 
 
 class _Call(Generic[T]):
@@ -150,8 +197,9 @@ class SingleFlight(Generic[T]):
         """``fn()``, or the outcome of the call for ``key`` already in flight.
 
         Raises:
-            Exception: whatever ``fn`` raised (to every caller that waited on it).
-            FetchError: a waiter gave up after ``timeout`` seconds.
+            Exception: whatever ``fn`` raised (to every caller that waited on it); a
+                BaseException that is not an Exception reaches the leader only.
+            FetchError: a waiter gave up after ``timeout`` seconds, or the leader was interrupted.
         """
         with self._lock:
             call = self._calls.get(key)
@@ -171,8 +219,12 @@ class SingleFlight(Generic[T]):
             return call.result
         if not call.done.wait(timeout):
             raise FetchError(str(key), "gave up waiting for a fetch already in flight")
-        if call.error is not None:
+        if isinstance(call.error, Exception):
             raise call.error
+        if call.error is not None:
+            # KeyboardInterrupt, SystemExit ... belong to the leader's thread; in a waiter (another
+            # request) it is only a fetch that did not finish.
+            raise FetchError(str(key), f"the fetch in flight was interrupted ({type(call.error).__name__})")
         return call.result  # type: ignore[return-value]  # set when error is None
 
     def in_flight(self) -> int:

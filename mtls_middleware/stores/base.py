@@ -215,18 +215,52 @@ def record_from_upload(
     )
 
 
+def _storable(value: object) -> bool:
+    """A str every store can keep: SQLite refuses lone surrogates (undecodable bytes from a
+    command line or a file decoded with ``surrogateescape``) where a dict would take them."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_user_id(user_id: str) -> str:
-    """Raises ManagementError(unknown_user) for an empty user id."""
-    if not isinstance(user_id, str) or not user_id:
-        raise ManagementError(Reason.UNKNOWN_USER, "a user id must be a non-empty string")
+    """Raises ManagementError(unknown_user) for an empty user id or one that is not UTF-8 text."""
+    if not _storable(user_id) or not user_id:
+        raise ManagementError(Reason.UNKNOWN_USER, "a user id must be non-empty UTF-8 text")
     return user_id
 
 
 def check_org(org: str) -> str:
-    """Raises ConfigurationError for an empty organisation name."""
-    if not isinstance(org, str) or not org:
-        raise ConfigurationError(detail="an organisation name must be a non-empty string")
+    """Raises ConfigurationError for an empty organisation name or one that is not UTF-8 text."""
+    if not _storable(org) or not org:
+        raise ConfigurationError(detail="an organisation name must be non-empty UTF-8 text")
     return org
+
+
+def check_label(label: str | None) -> None:
+    """Raises ConfigurationError for a label that is not UTF-8 text (None: the subject)."""
+    if label is not None and not _storable(label):
+        raise ConfigurationError(detail="a certificate label must be UTF-8 text")
+
+
+def check_uploads(uploads: Sequence[Upload]) -> list[x509.Certificate | MTLSError]:
+    """For each upload of a batch, its leaf if :func:`check_upload` and the label and user id
+    checks accept it, else the MTLSError that refuses it."""
+    checked: list[x509.Certificate | MTLSError] = []
+    for upload in uploads:
+        try:
+            leaf, _chain = check_upload(upload.pem)
+            check_label(upload.label)
+            check_user_id(upload.user_id)
+        except MTLSError as exc:
+            checked.append(exc)
+        else:
+            checked.append(leaf)
+    return checked
 
 
 def check_permissions(permissions: Iterable[str]) -> frozenset[str]:
@@ -240,8 +274,8 @@ def check_permissions(permissions: Iterable[str]) -> frozenset[str]:
         raise ConfigurationError(detail="permissions must be a sequence of names, not one string")
     names = frozenset(permissions)
     for name in names:
-        if not isinstance(name, str) or not name.strip():
-            raise ConfigurationError(detail=f"permission names must be non-empty strings, got {name!r}")
+        if not _storable(name) or not name.strip():
+            raise ConfigurationError(detail=f"permission names must be non-empty UTF-8 text, got {name!r}")
     return names
 
 
@@ -340,6 +374,7 @@ class Store(Protocol):
         Raises:
             CertificateError, ValidationError: the rules of :func:`check_upload`.
             ManagementError: ``unknown_user``, ``duplicate_certificate``.
+            ConfigurationError: a label that is not UTF-8 text.
         """
 
     def upload_certificates(
@@ -365,7 +400,7 @@ class Store(Protocol):
         """The PEM exactly as uploaded. Raises ManagementError(not_found)."""
 
     def rename_certificate(self, fingerprint: str, label: str) -> CertificateRecord:
-        """Raises ManagementError(not_found)."""
+        """Raises ManagementError(not_found); ConfigurationError for a label that is not UTF-8 text."""
 
     def delete_certificate(self, fingerprint: str) -> None:
         """Raises ManagementError(not_found)."""

@@ -7,8 +7,6 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
-from cryptography import x509
-
 from ..errors import MTLSError
 from ..history import LoginRecord, MemoryHistory, history_cutoff
 from .base import (
@@ -18,9 +16,11 @@ from .base import (
     Principal,
     Upload,
     UserRecord,
+    check_label,
     check_org,
     check_permissions,
     check_upload,
+    check_uploads,
     check_user_id,
     duplicate,
     not_found,
@@ -145,6 +145,7 @@ class MemoryStore:
         uploaded_by: str | None = None,
     ) -> CertificateRecord:
         leaf, _chain = check_upload(pem)
+        check_label(label)
         with self._lock:
             user = self.get_user(user_id)
             record = record_from_upload(
@@ -159,7 +160,7 @@ class MemoryStore:
     def upload_certificates(
         self, uploads: Sequence[Upload], *, uploaded_by: str | None = None
     ) -> list[CertificateRecord]:
-        parsed = [_check(upload) for upload in uploads]
+        parsed = check_uploads(uploads)
         with self._lock:
             records: list[CertificateRecord] = []
             refusals: list[tuple[int, MTLSError]] = []
@@ -210,6 +211,7 @@ class MemoryStore:
         return self.get_certificate(fingerprint).pem
 
     def rename_certificate(self, fingerprint: str, label: str) -> CertificateRecord:
+        check_label(label)
         with self._lock:
             renamed = replace(self.get_certificate(fingerprint), label=label)
             self._certs[renamed.fingerprint] = renamed
@@ -249,12 +251,3 @@ class MemoryStore:
 
     def close(self) -> None:
         """Nothing to release; the store stays usable."""
-
-
-def _check(upload: Upload) -> x509.Certificate | MTLSError:
-    """The leaf of an acceptable upload, or the MTLSError that refuses it."""
-    try:
-        leaf, _chain = check_upload(upload.pem)
-    except MTLSError as exc:
-        return exc
-    return leaf

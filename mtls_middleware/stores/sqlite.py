@@ -31,9 +31,12 @@ The generation, across processes
     commit matters: a process that sees the new number and then reads the database sees the change,
     so it can never cache a stale verdict under the new number. A delete in one process is seen by
     the next request of every other process. Opening the store raises the counter to
-    ``meta.generation`` (a lost sidecar is rebuilt). Limits: a process killed between commit and
-    publish leaves the change unpublished until the next invalidating write; writes made around the
-    library (the ``sqlite3`` shell) are not seen; never delete the sidecar while processes run.
+    ``meta.generation`` (a lost sidecar is rebuilt), and every bump goes above both numbers (a
+    sidecar left from a deleted or restored database keeps working). The sidecar gets the
+    database file's permissions; a symbolic link in its place is refused. Limits: a process
+    killed between commit and publish leaves the change unpublished until the next invalidating
+    write; writes made around the library (the ``sqlite3`` shell) are not seen; never delete the
+    sidecar while processes run.
 
 The login history
     ``record`` appends to a :class:`~mtls_middleware.history.HistoryWriter`, whose thread inserts
@@ -70,9 +73,11 @@ from .base import (
     Principal,
     Upload,
     UserRecord,
+    check_label,
     check_org,
     check_permissions,
     check_upload,
+    check_uploads,
     check_user_id,
     duplicate,
     not_found,
@@ -164,6 +169,8 @@ _RESOLVE = (
 
 _T = TypeVar("_T")
 
+_SIDECAR_SUFFIX = "-generation"
+
 # Connections inherited through fork(): never used nor closed in the child (closing could disturb
 # the parent's locks), only kept from being collected.
 _ABANDONED: list[sqlite3.Connection] = []
@@ -192,6 +199,30 @@ class _Closed:
         raise MTLSError(Reason.INTERNAL_ERROR, "the store is closed")
 
 
+def _open_sidecar(path: str) -> int:
+    """Open ``path`` read-write, creating it with the database file's permissions.
+
+    Whoever may write the counter may keep it from changing, and so keep cached verdicts alive:
+    it gets the database's mode (as SQLite gives its ``-wal`` and ``-shm`` files), not 0666 less
+    the umask, and a symbolic link in its place is refused rather than followed.
+    """
+    flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
+    database = os.stat(path.removesuffix(_SIDECAR_SUFFIX))
+    mode = database.st_mode & 0o666
+    try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        return os.open(path, flags)
+    try:
+        os.fchmod(fd, mode)  # the umask may have taken bits the database has
+        if os.geteuid() == 0:  # root (mtls-admin run by an operator) must not lock the owner out
+            os.fchown(fd, database.st_uid, database.st_gid)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
 class _Generation:
     """The shared counter: an mmap'd ``<db>-generation`` file (anonymous memory for :memory:)."""
 
@@ -202,7 +233,7 @@ class _Generation:
         if path is None:
             self.mm = mmap.mmap(-1, 8)
         else:
-            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            self.fd = _open_sidecar(path)
             try:
                 if os.fstat(self.fd).st_size < 8:
                     os.ftruncate(self.fd, 8)  # only ever grows it: a racing opener loses nothing
@@ -230,7 +261,7 @@ class _Generation:
         # file description, which the inherited descriptor shares with the parent.
         self._lock = threading.Lock()
         if self.path is not None and self.fd is not None:
-            inherited, self.fd = self.fd, os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+            inherited, self.fd = self.fd, os.open(self.path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
             os.close(inherited)
 
     def close(self) -> None:
@@ -472,7 +503,7 @@ class SQLiteStore:
                     _wal(conn, path)
                 self.schema_version_found = _migrate(conn, path)
                 current = conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0]
-            self._gen = _Generation(None if self._db.memory else path + "-generation")
+            self._gen = _Generation(None if self._db.memory else path + _SIDECAR_SUFFIX)
         except sqlite3.Error as exc:
             self._db.close()
             hint = "" if self._db.memory else f" (does {Path(path).parent} exist and is it writable?)"
@@ -537,7 +568,15 @@ class SQLiteStore:
             try:
                 yield conn
                 if invalidates:
-                    conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
+                    # Above the shared counter too, not only the stored number: a sidecar left
+                    # from a deleted or restored database file holds a higher number, and a bump
+                    # below it would never be published (the counter only rises) while verdicts
+                    # cached under it stayed valid. Read under the writer lock, the counter
+                    # holds no number another process has yet to publish.
+                    conn.execute(
+                        "UPDATE meta SET value = max(value, ?) + 1 WHERE key = 'generation'",
+                        (self._cell.value,),
+                    )
                     published = conn.execute(
                         "SELECT value FROM meta WHERE key = 'generation'"
                     ).fetchone()[0]
@@ -651,6 +690,8 @@ class SQLiteStore:
         uploaded_by: str | None = None,
     ) -> CertificateRecord:
         leaf, _chain = check_upload(pem)
+        check_label(label)
+        check_user_id(user_id)
         with self._write(invalidates=True) as conn:
             record = self._insert(conn, Upload(pem, user_id, label), leaf, uploaded_by)
         return record
@@ -684,12 +725,7 @@ class SQLiteStore:
     def upload_certificates(
         self, uploads: Sequence[Upload], *, uploaded_by: str | None = None
     ) -> list[CertificateRecord]:
-        parsed: list[x509.Certificate | MTLSError] = []
-        for upload in uploads:
-            try:
-                parsed.append(check_upload(upload.pem)[0])
-            except MTLSError as exc:
-                parsed.append(exc)
+        parsed = check_uploads(uploads)
         records: list[CertificateRecord] = []
         refusals: list[tuple[int, MTLSError]] = []
         with self._write(invalidates=bool(uploads)) as conn:
@@ -741,6 +777,7 @@ class SQLiteStore:
         return bytes(row[0])
 
     def rename_certificate(self, fingerprint: str, label: str) -> CertificateRecord:
+        check_label(label)
         with self._write(invalidates=False) as conn:
             cursor = conn.execute(
                 "UPDATE certificates SET label = ? WHERE fingerprint = ?", (label, fingerprint.lower())

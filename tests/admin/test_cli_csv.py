@@ -153,6 +153,38 @@ def test_every_refused_row_is_reported(users: CLI, pems: dict[str, bytes], tmp_p
     assert fingerprints(users) == set()
 
 
+@pytest.mark.parametrize(
+    ("user", "label", "reason", "shown"),
+    [
+        pytest.param(b"carol", b"\xff laptop", Reason.CONFIGURATION_ERROR, "carol", id="label"),
+        # Shown escaped: the report never writes raw undecodable bytes to the terminal.
+        pytest.param(b"car\xffol", b"laptop", Reason.UNKNOWN_USER, "car\\xdcffol", id="user-id"),
+    ],
+)
+def test_a_row_that_is_not_utf8_imports_nothing(
+    users: CLI,
+    pems: dict[str, bytes],
+    tmp_path: Path,
+    user: bytes,
+    label: bytes,
+    reason: Reason,
+    shown: str,
+) -> None:
+    # The PEM field may hold any bytes (kept as they are); the text fields must be UTF-8.
+    path = tmp_path / "in.csv"
+    path.write_bytes(
+        b"user_id,label,pem\n"
+        + b'carol,ok,"' + pems["carol"] + b'"\n'
+        + user + b"," + label + b',"' + pems["dave"] + b'"\n'
+    )
+    body = users("cert", "import", "--csv", str(path), "--json").json()
+    assert [(r["row"], r["error"]) for r in body["refused"]] == [(3, reason.value)]
+    assert fingerprints(users) == set()
+    ran = users("cert", "import", "--csv", str(path))
+    assert ran.status == 1
+    assert f"row 3 (user {shown}): {reason.value}: " in ran.err
+
+
 def test_header_only_imports_nothing(users: CLI, tmp_path: Path) -> None:
     path = write_csv(tmp_path / "in.csv", [])
     ran = users("cert", "import", "--csv", str(path), "--json")

@@ -580,6 +580,31 @@ def test_usage_errors_exit_2(
     assert ran.err
 
 
+# Undecodable bytes in an argument reach Python as lone surrogates.
+NOT_UTF8 = "b\udcffob"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["cert", "list", "--user", NOT_UTF8], id="cert-list-user"),
+        pytest.param(["cert", "list", "--org", NOT_UTF8], id="cert-list-org"),
+        pytest.param(["user", "list", "--org", NOT_UTF8], id="user-list-org"),
+        pytest.param(["history", "--user", NOT_UTF8], id="history-user"),
+    ],
+)
+def test_an_argument_that_is_not_utf8_is_a_usage_error(cli: CLI, argv: list[str]) -> None:
+    cli("user", "add", "alice")
+    ran = cli(*argv)
+    assert ran.status == 2
+    assert "is not UTF-8 text" in ran.err
+
+
+def test_a_user_id_that_is_not_utf8_is_refused(cli: CLI) -> None:
+    refused_with(cli("user", "add", NOT_UTF8), Reason.UNKNOWN_USER)
+    assert cli("--json", "user", "list").json() == []
+
+
 def test_unreadable_upload_creates_no_database(cli: CLI, tmp_path: Path) -> None:
     assert cli("cert", "upload", str(tmp_path / "missing.pem"), "--user", "carol").status == 2
     assert not (tmp_path / "mtls.db").exists()

@@ -416,3 +416,29 @@ def test_crl_signed_by_a_separate_key(
             _status(source, leaf, ca, above=above)
     else:
         assert _status(source, leaf, ca, above=above).status == "good"
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        pytest.param({"next_update": NOW + dt.timedelta(days=365)}, id="forged-long-lived"),
+        pytest.param(
+            {"this_update": NOW + dt.timedelta(days=30), "next_update": NOW + dt.timedelta(days=365)},
+            id="forged-from-the-future",
+        ),
+    ],
+)
+def test_a_refused_crl_is_not_cached_in_place_of_the_real_one(
+    pki: TestPKI, server: CRLServer, forged: dict[str, Any]
+) -> None:
+    # One forged answer on the plain-HTTP path must not pin "unavailable" until its own nextUpdate,
+    # nor (by a later thisUpdate) keep the authentic CRL from replacing it.
+    url = server.set(PATH, crl_bytes(make_crl(pki.issuing, signer_key=generate_key(), **forged)))
+    leaf = pki.issue_client("poisoned", crl_url=url)
+    source = CRLSource(Fetcher())
+    with pytest.raises(SourceFailure):
+        _status(source, leaf, pki.issuing)
+    assert source.cached(url) is None
+    server.set(PATH, crl_bytes(make_crl(pki.issuing)))
+    assert _status(source, leaf, pki.issuing).status == "good"
+    assert _status(source, leaf, pki.issuing).cached is True

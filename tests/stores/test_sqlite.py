@@ -225,6 +225,46 @@ def test_a_lost_generation_file_is_rebuilt_from_the_database(db: Path) -> None:
         assert again.generation == generation
 
 
+def test_a_sidecar_left_from_a_deleted_database_still_changes(db: Path) -> None:
+    # The shared counter only rises: a new database starting again at 0 must still move it,
+    # or verdicts cached under the old number would outlive deletes.
+    with SQLiteStore(db) as first:
+        for user in ("a", "b", "c"):
+            first.add_user(user)
+    for leftover in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+        leftover.unlink(missing_ok=True)
+    with SQLiteStore(db) as fresh:
+        before = fresh.generation
+        fresh.add_user("alice")
+        assert fresh.generation != before
+
+
+def test_the_generation_file_gets_the_database_files_permissions(db: Path) -> None:
+    with SQLiteStore(db):
+        pass
+    db.chmod(0o600)
+    Path(f"{db}-generation").unlink()
+    previous = os.umask(0)
+    try:
+        with SQLiteStore(db):
+            pass
+    finally:
+        os.umask(previous)
+    assert Path(f"{db}-generation").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_symbolic_link_in_place_of_the_generation_file_is_refused(db: Path, tmp_path: Path) -> None:
+    with SQLiteStore(db):
+        pass
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"")
+    Path(f"{db}-generation").unlink()
+    Path(f"{db}-generation").symlink_to(target)
+    with pytest.raises(ConfigurationError):
+        SQLiteStore(db)
+    assert target.read_bytes() == b""
+
+
 def _python(script: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(script), *args],

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +32,12 @@ def _environ(leaf: Issued, pki: TestPKI) -> dict[str, str]:
 
 
 @pytest.fixture
-def database(tmp_path: Path, alice: Issued) -> Iterator[Path]:
+def database(tmp_path: Path, alice: Issued) -> Path:
     path = tmp_path / "mtls.db"
     with SQLiteStore(path) as store:
         store.add_user("alice", org="acme")
         store.upload_certificate(alice.chain_pem, user_id="alice")
-    yield path
+    return path
 
 
 def _in_another_process(path: Path, code: str) -> None:

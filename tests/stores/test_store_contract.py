@@ -217,6 +217,72 @@ def test_unknown_user(action: Callable[[Store, Issued], object], seeded: Store, 
     assert [u.user_id for u in seeded.list_users()] == ["alice"]
 
 
+# Undecodable bytes (a command-line argument, a CSV field) arrive as lone surrogates: a dict keeps
+# them, SQLite cannot. Both stores refuse them the same way, with a reason code.
+NOT_TEXT = "b\udcffob"
+
+
+@pytest.mark.parametrize(
+    ("action", "error", "reason"),
+    [
+        pytest.param(lambda s, b: s.add_user(NOT_TEXT), ManagementError, Reason.UNKNOWN_USER, id="user-id"),
+        pytest.param(
+            lambda s, b: s.add_user("ann", org=NOT_TEXT), ConfigurationError, Reason.CONFIGURATION_ERROR,
+            id="org",
+        ),
+        pytest.param(
+            lambda s, b: s.set_org(NOT_TEXT, cert_auth=False), ConfigurationError,
+            Reason.CONFIGURATION_ERROR, id="set-org",
+        ),
+        pytest.param(
+            lambda s, b: s.set_user_permissions("alice", [NOT_TEXT]), ConfigurationError,
+            Reason.CONFIGURATION_ERROR, id="permission",
+        ),
+        pytest.param(
+            lambda s, b: s.upload_certificate(b.cert_pem, user_id=NOT_TEXT), ManagementError,
+            Reason.UNKNOWN_USER, id="upload-user-id",
+        ),
+        pytest.param(
+            lambda s, b: s.upload_certificate(b.cert_pem, user_id="alice", label=NOT_TEXT),
+            ConfigurationError, Reason.CONFIGURATION_ERROR, id="upload-label",
+        ),
+        pytest.param(
+            lambda s, b: s.rename_certificate(s.list_certificates()[0].fingerprint, NOT_TEXT),
+            ConfigurationError, Reason.CONFIGURATION_ERROR, id="rename",
+        ),
+    ],
+)
+def test_text_that_is_not_utf8_is_refused(
+    action: Callable[[Store, Issued], object],
+    error: type[Exception],
+    reason: Reason,
+    seeded: Store,
+    bob: Issued,
+) -> None:
+    with pytest.raises(error) as info:
+        action(seeded, bob)
+    assert info.value.reason is reason  # type: ignore[attr-defined]
+    assert [u.user_id for u in seeded.list_users()] == ["alice"]
+    assert [c.label for c in seeded.list_certificates()] == ["alice laptop"]
+
+
+@pytest.mark.parametrize(
+    ("upload", "reason"),
+    [
+        pytest.param(lambda b: Upload(b.cert_pem, NOT_TEXT), Reason.UNKNOWN_USER, id="user-id"),
+        pytest.param(lambda b: Upload(b.cert_pem, "alice", NOT_TEXT), Reason.CONFIGURATION_ERROR, id="label"),
+    ],
+)
+def test_a_batch_refuses_text_that_is_not_utf8_at_its_row(
+    upload: Callable[[Issued], Upload], reason: Reason, seeded: Store, bob: Issued, pki: TestPKI
+) -> None:
+    good = pki.issue_client("good")
+    with pytest.raises(BatchRefused) as info:
+        seeded.upload_certificates([Upload(good.cert_pem, "alice"), upload(bob)])
+    assert [(index, e.reason) for index, e in info.value.refusals] == [(1, reason)]
+    assert seeded.resolve_certificate(good.fingerprint) is None
+
+
 # -- certificates: uploads ------------------------------------------------------------------------
 
 

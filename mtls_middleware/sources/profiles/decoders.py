@@ -145,7 +145,7 @@ def sha256_matches(reported: str, der: bytes) -> bool:
             pass
     try:
         return _b64(text, "fingerprint") == digest
-    except (CertificateError, UnicodeError):
+    except CertificateError:
         return False
 
 
@@ -351,6 +351,7 @@ def sf_byte_sequence_list(value: str) -> list[bytes]:
 # -- Envoy's x-forwarded-client-cert --------------------------------------------------------------
 
 _XFCC_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_\-]*")
+_XFCC_HASH = re.compile(r"[0-9a-f]{64}")
 _SINGLE_KEYS = frozenset({"by", "hash", "cert", "chain", "subject", "uri"})
 
 
@@ -440,9 +441,7 @@ def envoy_xfcc(value: str) -> list[bytes]:
     reported = element.get("hash")
     if reported is not None:
         digest = reported[0].strip().lower()
-        if not re.fullmatch(r"[0-9a-f]{64}", digest) or bytes.fromhex(digest) != hashlib.sha256(
-            leaf
-        ).digest():
+        if not _XFCC_HASH.fullmatch(digest) or bytes.fromhex(digest) != hashlib.sha256(leaf).digest():
             raise malformed("x-forwarded-client-cert: Hash does not match the certificate")
     return items
 

@@ -72,7 +72,7 @@ class ProxyProfile:
     notes: str = ""
     _source: str = field(init=False, repr=False, compare=False)
     _cert_key: str = field(init=False, repr=False, compare=False)
-    _chain_key: str | None = field(init=False, repr=False, compare=False)
+    _simple: bool = field(init=False, repr=False, compare=False)
     _verify_key: str | None = field(init=False, repr=False, compare=False)
     _roles: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
     _env_roles: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
@@ -102,8 +102,7 @@ class ProxyProfile:
         put(self, "_wanted", {h.lower().encode("latin-1"): role for role, h in roles})
         put(self, "_source", f"proxy:{self.name}")
         put(self, "_cert_key", _environ_key(self.cert_header))
-        chain_key = _environ_key(self.chain_header) if self.chain_header else None
-        put(self, "_chain_key", chain_key)
+        put(self, "_simple", not (self.chain_header or self.hash_header or self.present_header))
         put(self, "_verify_key", _environ_key(self.verify_header) if self.verify_header else None)
 
     @property
@@ -113,9 +112,7 @@ class ProxyProfile:
         Only such a profile can be answered by the authenticator's one-frame cache hit, which
         reads just those two headers; every other takes the general path.
         """
-        return (
-            self.chain_header is None and self.hash_header is None and self.present_header is None
-        )
+        return self._simple
 
     def with_headers(self, overrides: Mapping[str, str]) -> ProxyProfile:
         """A copy with other header names: keys ``cert``, ``chain``, ``verify``, ``present``,
@@ -224,7 +221,7 @@ class ProxyProfile:
                 # The proxy ran verification and refused: no header, but not "no certificate".
                 return Presented(self._source, None, None, None, None, False, detail)
             return None
-        if self.simple:
+        if self._simple:
             chain: tuple[str, ...] = ()
             digest = None
             size = len(cert)
@@ -245,7 +242,7 @@ class ProxyProfile:
         # The key is the raw header text: one profile per authenticator, and a TLS-layer key is a
         # tuple that starts with a certificate, so the two cannot collide. It holds every value
         # the decoding depends on (the verify header is read afresh on each request).
-        key: object = cert if self.simple else (self._source, cert, chain, digest)
+        key: object = cert if self._simple else (self._source, cert, chain, digest)
         return Presented(
             self._source, key, None, (cert, chain, digest), self._decode_all, verified, detail
         )
