@@ -220,6 +220,7 @@ class _Channel:
         self.write_lock = threading.Lock()
         self.stopping = False
         self.closed = False
+        self.sealed = False  # the sink is gone (its owner closed it): nothing can be written
         self.written = 0
         self.lost = 0
         self.waits = 0
@@ -234,6 +235,16 @@ class _Channel:
             self._write(batch)
 
     def _write(self, batch: Sequence[LoginRecord]) -> None:
+        if self.sealed:
+            # A request still in flight after its store was closed: retrying (and sleeping on
+            # that request's thread) cannot help; count it, and say so now and then.
+            self.lost += len(batch)
+            if self.lost == len(batch) or self.lost % 1000 < len(batch):
+                log.warning(
+                    "mtls_middleware: %d login records arrived after the history was closed and "
+                    "were not written", self.lost,
+                )
+            return
         for attempt in range(self.retries + 1):
             try:
                 self.write_batch(batch)
@@ -409,6 +420,12 @@ class HistoryWriter:
         drained = self._channel.close(timeout)
         self._finalizer.detach()
         return drained
+
+    def seal(self) -> None:
+        """Declare the sink gone (after :meth:`close`, when its owner closes the database): later
+        records are counted in :attr:`lost` and logged, never retried."""
+        self._limit = 0
+        self._channel.sealed = True
 
     @property
     def pending(self) -> int:

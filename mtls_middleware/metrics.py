@@ -8,6 +8,7 @@ extra). Any object with the hook's one method will do (StatsD, OpenTelemetry ...
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -18,6 +19,8 @@ __all__ = ["Counters", "MeteredSink", "MetricsHook", "PrometheusMetrics", "revoc
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+log = logging.getLogger("mtls_middleware")
 
 
 @runtime_checkable
@@ -105,6 +108,10 @@ class MeteredSink:
         self.hook = hook
 
     def record(self, record: LoginRecord) -> None:
-        # Counted first: a failing sink must not make the numbers lie about traffic.
-        self.hook.attempt(record.outcome, revocation_method(record))
+        # Counted first, so that a failing sink does not make the numbers lie about traffic; a
+        # failing hook, against its contract, must not cost the login record either.
+        try:
+            self.hook.attempt(record.outcome, revocation_method(record))
+        except Exception:
+            log.exception("mtls_middleware: the metrics hook failed")
         self.sink.record(record)

@@ -227,8 +227,10 @@ def _wait(sock: socket.socket, *, write: bool, deadline: float) -> None:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise _PeerSilent("timed out")
-    ready = select.select([], [sock], [], remaining) if write else select.select([sock], [], [], remaining)
-    if not any(ready):
+    # poll(), not select(): select fails on descriptors above 1023, which a busy process reaches.
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT if write else select.POLLIN)
+    if not poller.poll(remaining * 1000):
         raise _PeerSilent("timed out")
 
 
@@ -676,13 +678,17 @@ class TLSServer:
                 raise RuntimeError("serve_forever is already running")
             self._serving = threading.get_ident()
             self._stopped.clear()
+        poller = select.poll()
+        poller.register(self.socket, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        listening = self.socket.fileno()
         try:
             while not self.closing:
                 if not self._slots.acquire(timeout=poll_interval):
                     continue  # every thread busy: let connections wait in the backlog
                 try:
-                    readable, _, _ = select.select([self.socket, self._wake_r], [], [], poll_interval)
-                    sock = self._accept() if self.socket in readable and not self.closing else None
+                    ready = {fd for fd, _ in poller.poll(poll_interval * 1000)}
+                    sock = self._accept() if listening in ready and not self.closing else None
                 except BaseException:
                     self._slots.release()
                     raise

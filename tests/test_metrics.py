@@ -81,3 +81,15 @@ def test_config_refuses_a_metrics_object_without_the_hook(pki: TestPKI) -> None:
 
     with pytest.raises(ConfigurationError):
         MTLSConfig(trust_roots=[pki.root.cert], store="memory://", revocation="off", metrics=object())  # type: ignore[arg-type]
+
+
+def test_a_failing_hook_does_not_cost_the_login_record() -> None:
+    from mtls_middleware import MemoryHistory
+
+    class Broken:
+        def attempt(self, outcome: str, revocation: str) -> None:
+            raise RuntimeError("statsd is down")
+
+    history = MemoryHistory()
+    MeteredSink(history, Broken()).record(LoginRecord("accepted", "tls"))
+    assert len(history) == 1

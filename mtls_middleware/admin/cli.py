@@ -651,12 +651,12 @@ def _resolve(store: Store, digits: str) -> str:
     """The full fingerprint ``digits`` names: itself, or the one certificate it is a prefix of."""
     if len(digits) == 64:
         return digits
-    matches = [c.fingerprint for c in store.list_certificates() if c.fingerprint.startswith(digits)]
+    matches = store.find_fingerprints(digits, limit=2)
     if not matches:
         raise ManagementError(Reason.NOT_FOUND, f"no certificate's fingerprint starts with {digits}")
     if len(matches) > 1:
         raise _UsageError(
-            f"fingerprint prefix {digits} matches {len(matches)} certificates; give more digits"
+            f"fingerprint prefix {digits} matches more than one certificate; give more digits"
         )
     return matches[0]
 

@@ -8,6 +8,7 @@ decides what an answer or a failure means under the configured mode; sources hol
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -72,11 +73,15 @@ class StatusSource(Protocol):
         *,
         deadline: float,
         now: dt.datetime,
+        above: Sequence[x509.Certificate] = (),
+        where: tuple[str, ...] | None = None,
     ) -> StatusAnswer:
         """The verified status of ``cert`` (issued by ``issuer``), judged at ``now``.
 
         ``deadline`` is a :func:`time.monotonic` instant after which no more I/O may start or
-        continue.
+        continue. ``above`` holds the certificates above ``issuer`` in the validated path,
+        nearest first (a CRL signed by a separate key of the CA is vouched for by them).
+        ``where`` is what :meth:`locations` returned, when the caller asked already.
 
         Raises:
             SourceFailure: no verified answer could be had from any of :meth:`locations`.

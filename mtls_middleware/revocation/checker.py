@@ -340,10 +340,7 @@ class RevocationChecker:
             asked = True
             started = time.monotonic()
             try:
-                if isinstance(source, CRLSource):
-                    answer = source.status(cert, issuer, deadline=deadline, now=now, above=above)
-                else:
-                    answer = source.status(cert, issuer, deadline=deadline, now=now)
+                answer = source.status(cert, issuer, deadline=deadline, now=now, above=above, where=where)
             except SourceFailure as failure:
                 elapsed = time.monotonic() - started
                 records.append(

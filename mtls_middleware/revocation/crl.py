@@ -583,8 +583,9 @@ class CRLSource:
         deadline: float,
         now: dt.datetime,
         above: Sequence[x509.Certificate] = (),
+        where: tuple[str, ...] | None = None,
     ) -> StatusAnswer:
-        """The status of ``cert`` from the CRLs of :meth:`locations`.
+        """The status of ``cert`` from the CRLs of :meth:`locations` (``where``, when given).
 
         ``above``: the certificates above ``issuer`` in the validated path, nearest first; they
         are where a separate CRL-signing certificate's issuer is looked for.
@@ -594,7 +595,7 @@ class CRLSource:
                 no other exception leaves this method.
         """
         try:
-            return self._status(cert, issuer, above, deadline=deadline, now=now, depth=0)
+            return self._status(cert, issuer, above, deadline=deadline, now=now, depth=0, where=where)
         except SourceFailure:
             raise
         except Exception as exc:  # a hostile CRL field the checks above did not foresee: fail closed
@@ -609,9 +610,10 @@ class CRLSource:
         deadline: float,
         now: dt.datetime,
         depth: int,
+        where: tuple[str, ...] | None = None,
     ) -> StatusAnswer:
         started = time.monotonic()
-        locations = self.locations(cert, issuer)
+        locations = self.locations(cert, issuer) if where is None else where
         if not locations:
             raise SourceFailure("crl", "no CRL is known for this certificate's issuer")
         failures: list[SourceFailure] = []

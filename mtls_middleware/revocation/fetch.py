@@ -14,14 +14,14 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
 from .base import SourceFailure
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
-__all__ = ["FetchError", "Fetcher", "SingleFlight"]
+__all__ = ["FetchError", "FetchKind", "Fetcher", "SingleFlight"]
 
 T = TypeVar("T")
 
@@ -29,8 +29,20 @@ _USER_AGENT = "mtls_middleware-revocation/1"
 _CHUNK = 64 * 1024
 
 
+FetchKind = Literal["unreachable", "timeout", "http", "too-large"]
+
+
 class FetchError(SourceFailure):
-    """An HTTP fetch failed: refused, timed out, not 200, too large, or past the deadline."""
+    """An HTTP fetch failed: refused, timed out, not 200, too large, or past the deadline.
+
+    ``kind`` says which, for callers that classify failures: ``"unreachable"`` (bad URL, refused,
+    reset), ``"timeout"`` (the timeout or the deadline), ``"http"`` (a status other than 200),
+    ``"too-large"`` (over the size cap).
+    """
+
+    def __init__(self, source: str, detail: str, *, kind: FetchKind = "unreachable") -> None:
+        super().__init__(source, detail)
+        self.kind: FetchKind = kind
 
 
 class Fetcher:
@@ -81,7 +93,9 @@ class Fetcher:
             raise FetchError(url, "only http:// and https:// URLs can be fetched")
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise FetchError(url, "the time allowed for revocation checking ran out before the fetch")
+            raise FetchError(
+                url, "the time allowed for revocation checking ran out before the fetch", kind="timeout"
+            )
         timeout = min(self.timeout, remaining)
         conn_type = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         try:
@@ -105,24 +119,28 @@ class Fetcher:
             conn.sock = _DeadlineSocket(conn.sock, deadline, self.timeout, url)
             response = conn.getresponse()
             if response.status != 200:
-                raise FetchError(url, f"HTTP {response.status} {response.reason}")
+                raise FetchError(url, f"HTTP {response.status} {response.reason}", kind="http")
             length = response.getheader("Content-Length")
             if length is not None and length.isdigit() and int(length) > max_bytes:
-                raise FetchError(url, f"response of {length} bytes; the limit is {max_bytes}")
+                raise FetchError(
+                    url, f"response of {length} bytes; the limit is {max_bytes}", kind="too-large"
+                )
             chunks: list[bytes] = []
             size = 0
             while chunk := response.read1(_CHUNK):
                 size += len(chunk)
                 if size > max_bytes:
-                    raise FetchError(url, f"response over the limit of {max_bytes} bytes")
+                    raise FetchError(url, f"response over the limit of {max_bytes} bytes", kind="too-large")
                 chunks.append(chunk)
             return b"".join(chunks)
         except FetchError:
             raise
         except TimeoutError:
             if time.monotonic() >= deadline:
-                raise FetchError(url, "the response did not arrive within the time allowed") from None
-            raise FetchError(url, f"timed out after {timeout:.1f} s") from None
+                raise FetchError(
+                    url, "the response did not arrive within the time allowed", kind="timeout"
+                ) from None
+            raise FetchError(url, f"timed out after {timeout:.1f} s", kind="timeout") from None
         except (OSError, http.client.HTTPException) as exc:
             raise FetchError(url, f"{type(exc).__name__}: {exc}") from None
         finally:
@@ -148,7 +166,7 @@ class _DeadlineSocket:
     def before_read(self) -> None:
         remaining = self._deadline - time.monotonic()
         if remaining <= 0:
-            raise FetchError(self._url, "the response did not arrive within the time allowed")
+            raise FetchError(self._url, "the response did not arrive within the time allowed", kind="timeout")
         self._sock.settimeout(min(self._timeout, remaining))
 
     def __getattr__(self, name: str) -> object:  # sendall, close, ... as the socket has them
@@ -218,7 +236,7 @@ class SingleFlight(Generic[T]):
                 call.done.set()
             return call.result
         if not call.done.wait(timeout):
-            raise FetchError(str(key), "gave up waiting for a fetch already in flight")
+            raise FetchError(str(key), "gave up waiting for a fetch already in flight", kind="timeout")
         if isinstance(call.error, Exception):
             raise call.error
         if call.error is not None:

@@ -236,8 +236,13 @@ class OCSPSource:
         *,
         deadline: float,
         now: dt.datetime,
+        above: Sequence[x509.Certificate] = (),
+        where: tuple[str, ...] | None = None,
     ) -> StatusAnswer:
         """The verified OCSP status of ``cert`` (issued by ``issuer``), judged at ``now``.
+
+        ``above`` is not used (OCSP responses are vouched for by the issuer itself); ``where`` is
+        :meth:`locations`' answer when the caller has it.
 
         A cached answer still valid at ``now`` is returned with ``cached=True`` and ``elapsed=0``.
         Otherwise each location is tried in turn until one gives a verified answer; callers asking
@@ -249,7 +254,7 @@ class OCSPSource:
                 exception leaves this method.
         """
         try:
-            return self._status(cert, issuer, deadline, _utc(now))
+            return self._status(cert, issuer, deadline, _utc(now), where)
         except OCSPFailure:
             raise
         except Exception as exc:
@@ -258,9 +263,14 @@ class OCSPSource:
     # --- the work ----------------------------------------------------------------------------
 
     def _status(
-        self, cert: x509.Certificate, issuer: x509.Certificate, deadline: float, now: dt.datetime
+        self,
+        cert: x509.Certificate,
+        issuer: x509.Certificate,
+        deadline: float,
+        now: dt.datetime,
+        where: tuple[str, ...] | None,
     ) -> StatusAnswer:
-        urls = self.locations(cert, issuer)
+        urls = self.locations(cert, issuer) if where is None else where
         if not urls:
             raise OCSPFailure(
                 "ocsp",
@@ -332,7 +342,7 @@ class OCSPSource:
             except OCSPFailure as exc:
                 failures.append(exc)
             except FetchError as exc:
-                failures.append(OCSPFailure(url, exc.detail, kind=_fetch_kind(exc)))
+                failures.append(OCSPFailure(url, exc.detail, kind=exc.kind))
             except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
                 # cryptography parses lazily: a field of a hostile response can fail on access.
                 failures.append(OCSPFailure(url, f"unreadable response: {exc}", kind="malformed"))
@@ -472,21 +482,6 @@ def _fetchable(url: str) -> bool:
     except ValueError:
         return False
     return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
-
-
-def _fetch_kind(exc: FetchError) -> FailureKind:
-    """The kind of a fetch failure. FetchError carries no kind of its own (yet): read its detail."""
-    declared = getattr(exc, "kind", None)
-    if declared in ("unreachable", "timeout", "http", "too-large"):
-        return declared  # type: ignore[no-any-return]
-    detail = exc.detail
-    if detail.startswith("HTTP "):
-        return "http"
-    if "limit" in detail:
-        return "too-large"
-    if "timed out" in detail or "time allowed" in detail or "gave up waiting" in detail:
-        return "timeout"
-    return "unreachable"
 
 
 def _cert_id(

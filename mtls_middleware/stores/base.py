@@ -396,6 +396,11 @@ class Store(Protocol):
     def get_certificate(self, fingerprint: str) -> CertificateRecord:
         """Raises ManagementError(not_found)."""
 
+    def find_fingerprints(self, prefix: str, *, limit: int = 2) -> list[str]:
+        """Up to ``limit`` registered fingerprints that start with ``prefix`` (hex, any case),
+        in order; for tools that accept an abbreviated fingerprint. An empty or non-hex prefix
+        matches nothing."""
+
     def download_certificate(self, fingerprint: str) -> bytes:
         """The PEM exactly as uploaded. Raises ManagementError(not_found)."""
 

@@ -201,6 +201,14 @@ class MemoryStore:
             if (user_id is None or r.user_id == user_id) and (org is None or r.org == org)
         ]
 
+    def find_fingerprints(self, prefix: str, *, limit: int = 2) -> list[str]:
+        prefix = prefix.lower()
+        if not prefix or any(c not in "0123456789abcdef" for c in prefix):
+            return []
+        with self._lock:
+            found = sorted(fp for fp in self._certs if fp.startswith(prefix))
+        return found[:limit]
+
     def get_certificate(self, fingerprint: str) -> CertificateRecord:
         record = self._certs.get(fingerprint.lower())
         if record is None:

@@ -756,6 +756,21 @@ class SQLiteStore:
         rows = self._read(lambda c: c.execute(sql, args).fetchall())
         return [_certificate(row) for row in rows]
 
+    def find_fingerprints(self, prefix: str, *, limit: int = 2) -> list[str]:
+        prefix = prefix.lower()
+        if not prefix or any(c not in "0123456789abcdef" for c in prefix):
+            return []
+        # A range on the primary key: an index seek, not a scan of every certificate. Hex digits
+        # sort below "g", so [prefix, prefix + "g") holds exactly the fingerprints it starts.
+        rows = self._read(
+            lambda c: c.execute(
+                "SELECT fingerprint FROM certificates WHERE fingerprint >= ? AND fingerprint < ?"
+                " ORDER BY fingerprint LIMIT ?",
+                (prefix, prefix + "g", limit),
+            ).fetchall()
+        )
+        return [str(row[0]) for row in rows]
+
     def get_certificate(self, fingerprint: str) -> CertificateRecord:
         row = self._read(
             lambda c: c.execute(
@@ -849,6 +864,7 @@ class SQLiteStore:
             return
         self._closed = True
         self._writer.close()
+        self._writer.seal()  # requests still in flight must not retry against a closed file
         self._db.close()
         self._cell = _Closed()
         self._gen.close()

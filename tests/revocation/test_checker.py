@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +166,14 @@ class StubOCSP:
         return ("http://ocsp.test/",)
 
     def status(
-        self, cert: x509.Certificate, issuer: x509.Certificate, *, deadline: float, now: dt.datetime
+        self,
+        cert: x509.Certificate,
+        issuer: x509.Certificate,
+        *,
+        deadline: float,
+        now: dt.datetime,
+        above: Sequence[x509.Certificate] = (),
+        where: tuple[str, ...] | None = None,
     ) -> StatusAnswer:
         self.calls += 1
         if self.answer is None:

@@ -476,3 +476,21 @@ def test_back_pressure_waits_instead_of_dropping(db: Path) -> None:
     finally:
         gate.set()
         store.close()
+
+
+def test_records_after_close_are_counted_lost_without_retrying(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import time as _time
+
+    from mtls_middleware import LoginRecord
+
+    store = SQLiteStore(tmp_path / "closed.db")
+    writer = store.history_writer
+    record = store.record  # what a request's closure bound before the store was closed
+    store.close()
+    caplog.clear()
+    for _ in range(3):
+        record(LoginRecord("accepted", "tls", time=_time.time()))
+    assert writer.lost == 3
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("after the history was closed" in m for m in messages)
+    assert not any("retrying" in m for m in messages)  # no retries, so no sleeps on a request

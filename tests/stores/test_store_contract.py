@@ -651,3 +651,29 @@ def test_flush_and_close(empty: Store) -> None:
     assert len(empty.login_history()) == 1
     empty.close()
     empty.close()  # idempotent
+
+
+# -- abbreviated fingerprints (for tools) ----------------------------------------------------------
+
+
+def test_find_fingerprints_by_prefix(seeded: Store, alice: Issued, bob: Issued) -> None:
+    seeded.add_user("bob", org="acme")
+    seeded.upload_certificate(bob.chain_pem, user_id="bob")
+    both = sorted([alice.fingerprint, bob.fingerprint])
+    assert seeded.find_fingerprints("") == []
+    assert seeded.find_fingerprints(alice.fingerprint[:12]) == [alice.fingerprint]
+    assert seeded.find_fingerprints(alice.fingerprint[:12].upper()) == [alice.fingerprint]
+    assert seeded.find_fingerprints(alice.fingerprint) == [alice.fingerprint]
+    common = ""
+    for a, b in zip(*both, strict=True):
+        if a != b:
+            break
+        common += a
+    if common:  # the two fingerprints share a first digit or more
+        assert seeded.find_fingerprints(common, limit=5) == both
+        assert seeded.find_fingerprints(common, limit=1) == both[:1]
+    for fp in both:
+        assert seeded.find_fingerprints(fp[: len(common) + 1], limit=5) == [fp]
+    missing = "f" * 10 if not any(fp.startswith("f" * 10) for fp in both) else "0" * 10
+    assert seeded.find_fingerprints(missing) == []
+    assert seeded.find_fingerprints("not hex!") == []
