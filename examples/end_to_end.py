@@ -1,7 +1,7 @@
 """End-to-end demo: mtls_middleware's own TLS listener (it requests a client certificate and lets the
-middleware judge it), the middleware in front of a small app, and real mTLS requests with good and
-bad certificates; each outcome is printed with its reason code, then the login history. Loopback
-only; nothing is left running.
+middleware judge it), the middleware in front of a small app with the SQLite store and revocation
+checked against the CAs' CRLs, and real mTLS requests with good and bad certificates; each outcome
+is printed with its reason code, then the login history. Loopback only; nothing is left running.
 
     python examples/end_to_end.py
 """
@@ -21,9 +21,10 @@ from typing import Any
 
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from mtls_middleware import ENVIRON_KEY, MemoryStore, MTLSConfig
+from mtls_middleware import ENVIRON_KEY, MTLSConfig
 from mtls_middleware.server import make_server
-from mtls_middleware.testing import Issued, TestPKI
+from mtls_middleware.stores import open_store
+from mtls_middleware.testing import Issued, TestPKI, crl_bytes, make_crl
 from mtls_middleware.wsgi import MTLSMiddleware
 
 
@@ -31,7 +32,7 @@ def hello_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     """The protected app: it only ever sees authenticated requests."""
     identity = environ[ENVIRON_KEY]
     body = json.dumps(
-        {"hello": identity.user_id, "org": identity.org, "fingerprint": identity.fingerprint[:16]}
+        {"hello": identity.user_id, "org": identity.org, "revocation": identity.revocation}
     ).encode()
     start_response("200 OK", [("Content-Type", "application/json")])
     return [body]
@@ -80,17 +81,31 @@ def main() -> int:
         # refuse them with a reason, and the login history records it.
         "dave (no client-auth EKU)": pki.issue_client("dave", eku=(ExtendedKeyUsageOID.EMAIL_PROTECTION,)),
         "mallory (unknown CA)": TestPKI(org="Evil Corp").issue_client("mallory"),
+        "frank (revoked)": pki.issue_client("frank"),
     }
-    store = MemoryStore()
+    # The embedded default store: a SQLite file shared by every worker process on the machine.
+    store = open_store(f"sqlite:///{work / 'mtls.db'}")
+    store.add_user("frank", org="demo")
+    store.upload_certificate(users["frank (revoked)"].chain_pem, user_id="frank")
     store.add_user("alice", org="demo")
     store.upload_certificate(users["alice (registered)"].chain_pem, user_id="alice")
     store.add_user("carol", org="demo")
     store.upload_certificate(users["carol (user deactivated)"].chain_pem, user_id="carol")
     store.set_user_active("carol", False)
 
+    # The CAs' CRLs: the issuing CA has revoked frank's certificate; the root has revoked nothing.
+    # (A real deployment also gets them from the certificates' distribution points, and asks the
+    # OCSP responders first.)
+    issuing_crl, root_crl = work / "issuing.crl", work / "root.crl"
+    issuing_crl.write_bytes(crl_bytes(make_crl(pki.issuing, [users["frank (revoked)"].cert.serial_number])))
+    root_crl.write_bytes(crl_bytes(make_crl(pki.root)))
+
     # The listener hands the app the whole chain the client sent (leaf + issuing CA), so the
-    # config names only the root.
-    config = MTLSConfig(trust_roots=root, store=store, revocation="off")
+    # config names only the root. Revocation is "require": status that cannot be established
+    # refuses the request.
+    config = MTLSConfig(
+        trust_roots=root, store=store, revocation="require", crls=[issuing_crl, root_crl]
+    )
     app = MTLSMiddleware(hello_app, config)
 
     server = make_server(
@@ -111,12 +126,16 @@ def main() -> int:
         server.shutdown()
         thread.join(timeout=5)
 
-    shutil.rmtree(work, ignore_errors=True)  # the demo's keys live only as long as the demo
     print("\nLogin history (newest first):")
-    print(f"{'time':20} {'outcome':24} {'user':8} subject")
+    print(f"{'time':20} {'outcome':24} {'user':8} {'revocation':24} subject")
     for record in store.login_history(limit=20):
         when = dt.datetime.fromtimestamp(record.time, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-        print(f"{when:20} {record.outcome:24} {record.user_id or '-':8} {record.subject or '-'}")
+        print(
+            f"{when:20} {record.outcome:24} {record.user_id or '-':8} "
+            f"{record.revocation or '-':24} {record.subject or '-'}"
+        )
+    store.close()
+    shutil.rmtree(work, ignore_errors=True)  # the demo's keys live only as long as the demo
     return 0
 
 

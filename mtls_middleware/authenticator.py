@@ -399,6 +399,7 @@ class Authenticator:
         generation = self.store.generation  # read first: a change during the work invalidates
         facts: _Facts = (ACCEPTED, presented.source)
         expires = 0.0
+        revocation: str | None = None  # what the revocation stage found, once it has run
         try:
             chain = parse_chain(
                 presented.items, max_certificates=self.config.max_chain_length
@@ -447,11 +448,11 @@ class Authenticator:
                 permissions=principal.permissions,
             )
         except MTLSError as exc:
-            return self._refuse(exc, presented, peer, facts, generation, at)
+            return self._refuse(exc, presented, peer, facts, generation, at, revocation)
         except Exception as exc:  # a fault of ours or of a plug-in: fail closed, never a 500 trace
             log.exception("mtls_middleware: internal error while authenticating")
             error = MTLSError(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
-            return self._refuse(error, presented, peer, facts, generation, at)
+            return self._refuse(error, presented, peer, facts, generation, at, revocation)
 
         facts = (*facts, described, revocation)
         if at is None and self._cache is not None:
@@ -495,10 +496,12 @@ class Authenticator:
         facts: _Facts,
         generation: int,
         at: dt.datetime | None,
+        revocation: str | None = None,
     ) -> Identity:
+        # A refusal after the revocation stage (unknown user, inactive ...) keeps what it found.
         full = (
             error.reason.value, *facts[1:], *(None,) * (8 - len(facts)), error.detail,
-            _revocation_summary(error),
+            _revocation_summary(error) or revocation,
         )
         if at is None and self._cache is not None and error.reason not in _UNCACHEABLE:
             ttl = self._negative_ttl

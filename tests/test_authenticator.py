@@ -586,3 +586,25 @@ def test_revocation_refusal_records_what_the_stage_found(
         assert record.outcome == reason
         assert record.revocation == summary
         assert counters.snapshot() == {(reason, label): 1}
+
+
+@pytest.mark.parametrize(
+    ("who", "outcome", "revocation"),
+    [
+        pytest.param("bob", "unknown_certificate", "off", id="refused-after-revocation-keeps-it"),
+        pytest.param("expired", "certificate_expired", None, id="refused-before-revocation-has-none"),
+    ],
+)
+def test_a_refusal_records_what_the_revocation_stage_found_before_it(
+    pki: TestPKI, store: MemoryStore, bob: Issued, who: str, outcome: str, revocation: str | None
+) -> None:
+    now = dt.datetime.now(dt.timezone.utc)
+    leaf = bob if who == "bob" else pki.issue_client(
+        "expired", not_before=now - dt.timedelta(days=9), not_after=now - dt.timedelta(days=1)
+    )
+    auth = make_auth(pki, store)
+    with pytest.raises(MTLSError):
+        auth.authenticate_wsgi(environ_for(leaf))
+    record = store.login_history(limit=1)[0]
+    assert record.outcome == outcome
+    assert record.revocation == revocation

@@ -43,7 +43,7 @@ def test_every_attempt_counted_once_per_outcome(pki: TestPKI, store: MemoryStore
     assert client.get("/").status_code == 401
     assert counters.snapshot() == {
         ("accepted", "off"): 3,
-        ("unknown_certificate", "none"): 1,
+        ("unknown_certificate", "off"): 1,  # refused after the revocation stage (off here)
         ("no_certificate", "none"): 1,
     }
     # The counts and the login history agree.
