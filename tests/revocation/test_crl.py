@@ -47,6 +47,16 @@ class Case:
     expect: str = "good"  # good, revoked, failed
 
 
+#: A partitioned CRL (issuingDistributionPoint, critical) that covers only keyCompromise.
+ONLY_KEY_COMPROMISE = [
+    (
+        x509.IssuingDistributionPoint(
+            None, None, False, False, frozenset({x509.ReasonFlags.key_compromise}), False, False
+        ),
+        True,
+    )
+]
+
 CASES = [
     pytest.param(Case(), id="good"),
     pytest.param(Case(crl={"revoke_leaf": True}, expect="revoked"), id="revoked"),
@@ -94,20 +104,7 @@ CASES = [
     pytest.param(
         Case(
             crl={
-                "extensions": [
-                    (
-                        x509.IssuingDistributionPoint(
-                            None,
-                            None,
-                            False,
-                            False,
-                            frozenset({x509.ReasonFlags.key_compromise}),
-                            False,
-                            False,
-                        ),
-                        True,
-                    )
-                ]
+                "extensions": ONLY_KEY_COMPROMISE
             },
             expect="failed",
         ),
@@ -117,20 +114,7 @@ CASES = [
         Case(
             crl={
                 "revoke_leaf": True,
-                "extensions": [
-                    (
-                        x509.IssuingDistributionPoint(
-                            None,
-                            None,
-                            False,
-                            False,
-                            frozenset({x509.ReasonFlags.key_compromise}),
-                            False,
-                            False,
-                        ),
-                        True,
-                    )
-                ],
+                "extensions": ONLY_KEY_COMPROMISE,
             },
             expect="revoked",
         ),
