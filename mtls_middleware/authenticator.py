@@ -85,7 +85,9 @@ class _Verdict:
 _new_record = tuple.__new__
 
 # Refusals that may change without the bytes or the store changing are not remembered.
-_UNCACHEABLE = frozenset({Reason.CERTIFICATE_NOT_YET_VALID, Reason.INTERNAL_ERROR})
+_UNCACHEABLE = frozenset(
+    {Reason.CERTIFICATE_NOT_YET_VALID, Reason.INTERNAL_ERROR, Reason.STORE_UNAVAILABLE}
+)
 
 # A responder that is down is asked again soon, but not by every request of a burst: each would
 # wait for the timeout while the first one already knows the answer.

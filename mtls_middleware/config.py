@@ -16,6 +16,8 @@ from .history import HistorySink
 from .identity import FingerprintMapper, IdentityMapper
 from .metrics import MetricsHook
 from .revocation.checker import RevocationPolicy
+from .revocation.shared import check_url as shared_check_url
+from .revocation.shared import require_redis
 from .sources.proxies import ProxyProfile, get_profile
 from .sources.trust import TrustedProxies
 from .stores import Store, open_store
@@ -101,6 +103,12 @@ class MTLSConfig:
         revocation_max_age: refuse OCSP responses and CRLs older than this many seconds
             (None: their nextUpdate alone decides).
         max_crl_bytes: the largest CRL fetched.
+        revocation_cache: a Redis URL (``redis://host:6379/0``, ``rediss://`` for TLS,
+            ``unix:///path/redis.sock``) where every worker shares the OCSP responses and CRLs it
+            fetched and verified, until their nextUpdate, with one fetch per URL in flight for
+            the whole cluster (``pip install 'mtls_middleware[redis]'``). Every worker verifies
+            again what it reads from Redis; Redis down means each worker fetches for itself.
+            None (default): each process caches for itself.
         metrics: a :class:`~mtls_middleware.metrics.MetricsHook` counting attempts per outcome.
         intermediates: intermediate CA certificates known to the deployment, for proxies that
             forward only the leaf (nginx).
@@ -139,6 +147,7 @@ class MTLSConfig:
     revocation_clock_skew: float = 300.0
     revocation_max_age: float | None = None
     max_crl_bytes: int = 128 * 1024 * 1024
+    revocation_cache: str | None = None
     intermediates: CertificatesInput = ()
     eku: EkuPolicy = "required"
     allow_dual_purpose_eku: bool = False
@@ -298,6 +307,10 @@ class MTLSConfig:
         if not isinstance(self.max_crl_bytes, int) or self.max_crl_bytes < 1024:
             raise ConfigurationError(detail=f"max_crl_bytes={self.max_crl_bytes!r}: use 1024 or more")
         pinned = _load_certificates(self.ocsp_responder_certificates, "ocsp_responder_certificates")
+        if self.revocation_cache is not None:
+            shared_check_url(self.revocation_cache)
+            if self.revocation != "off":
+                require_redis()
         if self.revocation == "off":
             return None
         return RevocationPolicy(
@@ -315,6 +328,7 @@ class MTLSConfig:
             max_age=None if self.revocation_max_age is None else float(self.revocation_max_age),
             max_crl_bytes=self.max_crl_bytes,
             crl_signers=(*self.intermediate_certificates, *roots),
+            shared_cache=self.revocation_cache,
         )
 
     def is_exempt(self, path: str) -> bool:

@@ -50,9 +50,18 @@ class Reason(str, enum.Enum):
     DUPLICATE_CERTIFICATE = "duplicate_certificate"
     UNKNOWN_USER = "unknown_user"
     NOT_FOUND = "not_found"
+    # The REST API (mtls_middleware.admin.rest): the request itself, and the caller's rights.
+    PERMISSION_DENIED = "permission_denied"
+    DUPLICATE_USER = "duplicate_user"
+    INVALID_REQUEST = "invalid_request"
+    REQUEST_TOO_LARGE = "request_too_large"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     # Never caused by client input: a bad configuration at start-up, or a fault of ours (fail closed).
     CONFIGURATION_ERROR = "configuration_error"
     INTERNAL_ERROR = "internal_error"
+    # The shared store (PostgreSQL) cannot be reached: nothing is known about the certificate.
+    STORE_UNAVAILABLE = "store_unavailable"
 
     def __str__(self) -> str:
         return self.value
@@ -90,8 +99,15 @@ _STATUS: Mapping[Reason, int] = {
     Reason.DUPLICATE_CERTIFICATE: 409,
     Reason.UNKNOWN_USER: 404,
     Reason.NOT_FOUND: 404,
+    Reason.PERMISSION_DENIED: 403,
+    Reason.DUPLICATE_USER: 409,
+    Reason.INVALID_REQUEST: 400,
+    Reason.REQUEST_TOO_LARGE: 413,
+    Reason.METHOD_NOT_ALLOWED: 405,
+    Reason.UNSUPPORTED_MEDIA_TYPE: 415,
     Reason.CONFIGURATION_ERROR: 500,
     Reason.INTERNAL_ERROR: 500,
+    Reason.STORE_UNAVAILABLE: 503,
 }
 
 _MESSAGE: Mapping[Reason, str] = {
@@ -116,8 +132,15 @@ _MESSAGE: Mapping[Reason, str] = {
     Reason.DUPLICATE_CERTIFICATE: "This certificate is already registered.",
     Reason.UNKNOWN_USER: "No such user.",
     Reason.NOT_FOUND: "Not found.",
+    Reason.PERMISSION_DENIED: "The user of this certificate may not do this.",
+    Reason.DUPLICATE_USER: "This user already exists.",
+    Reason.INVALID_REQUEST: "The request is malformed or has an invalid parameter.",
+    Reason.REQUEST_TOO_LARGE: "The request body is larger than allowed.",
+    Reason.METHOD_NOT_ALLOWED: "This method is not allowed here.",
+    Reason.UNSUPPORTED_MEDIA_TYPE: "This content type is not accepted here.",
     Reason.CONFIGURATION_ERROR: "The server is misconfigured.",
     Reason.INTERNAL_ERROR: "The request could not be authenticated because of a server fault.",
+    Reason.STORE_UNAVAILABLE: "The certificate store is unavailable; try again later.",
 }
 
 

@@ -9,6 +9,17 @@ Used by this project's own tests and demo, and offered to users for testing thei
     alice.key_pem       # its private key, PEM (PKCS#8, unencrypted)
     pki.root_pem        # the trust anchor to configure
 
+Test clients carry no TLS information, so two helpers put a client certificate where a TLS server
+would, for the middleware to find it like a real one::
+
+    # WSGI: werkzeug/Flask test client, Django Client/RequestFactory
+    client.get("/", environ_base=client_certificate_environ(alice))      # werkzeug, Flask
+    django.test.Client(**client_certificate_environ(alice))              # Django
+
+    # ASGI: Starlette/FastAPI TestClient, httpx.ASGITransport; Django AsyncClient
+    TestClient(with_client_certificate(app, alice))
+    django.test.AsyncClient(**client_certificate_scope(alice))
+
 Everything is generated in memory at call time; nothing here is meant for production keys.
 Every knob of :func:`make_certificate` exists so that tests can build the odd certificates real
 clients present (no SAN, no AKI, v1 roots, dual EKU, short RSA keys, SHA-1 signatures ...).
@@ -18,10 +29,10 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -31,17 +42,21 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsag
 __all__ = [
     "CLIENT_AUTH",
     "SERVER_AUTH",
+    "ChainLike",
     "Issued",
     "KeyType",
     "PrivateKey",
     "RevokedSpec",
     "TestPKI",
+    "client_certificate_environ",
+    "client_certificate_scope",
     "crl_bytes",
     "generate_key",
     "issue_crl_signer",
     "make_certificate",
     "make_crl",
     "name",
+    "with_client_certificate",
 ]
 
 CLIENT_AUTH = ExtendedKeyUsageOID.CLIENT_AUTH
@@ -465,3 +480,112 @@ def issue_crl_signer(
         **options,
     )
     return Issued(cert, key, (parent.cert,) if parent is not pki.root else ())
+
+
+# -- Client certificates for test clients ---------------------------------------------------------
+#: What the test-client helpers accept as a presented chain (leaf first): an :class:`Issued` (its
+#: leaf and intermediates), PEM (one or more certificates, bytes or str), one certificate, or a
+#: sequence of certificates.
+ChainLike: TypeAlias = "Issued | bytes | str | x509.Certificate | Sequence[x509.Certificate]"
+
+_Scope = MutableMapping[str, Any]
+_Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+_Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+_ASGIApp = Callable[[_Scope, _Receive, _Send], Awaitable[None]]
+
+
+def _chain_pems(chain: ChainLike) -> list[str]:
+    """The chain as PEM strings, leaf first."""
+    certs: Sequence[x509.Certificate]
+    if isinstance(chain, Issued):
+        certs = chain.chain
+    elif isinstance(chain, x509.Certificate):
+        certs = (chain,)
+    elif isinstance(chain, (bytes, str)):
+        data = chain.encode("ascii") if isinstance(chain, str) else chain
+        try:
+            certs = x509.load_pem_x509_certificates(data)
+        except ValueError as exc:
+            raise ValueError(f"chain: not PEM certificates ({exc})") from None
+    else:
+        certs = tuple(chain)
+        for cert in certs:
+            if not isinstance(cert, x509.Certificate):
+                raise TypeError(f"chain: expected x509.Certificate items, got {type(cert).__name__}")
+    if not certs:
+        raise ValueError("chain: no certificate given")
+    return [_pem(c).decode("ascii") for c in certs]
+
+
+def client_certificate_environ(chain: ChainLike) -> dict[str, str]:
+    """WSGI environ entries presenting ``chain`` as a TLS server would (leaf first).
+
+    ``SSL_CLIENT_CERT`` holds the leaf and ``SSL_CLIENT_CERT_CHAIN_0``, ``_1`` ... the certificates
+    after it, as PEM strings: the keys mod_wsgi, werkzeug's dev server and our own listener set,
+    which the middleware reads as ``source="tls:environ"``. Pass them as werkzeug/Flask
+    ``client.get(..., environ_base=...)`` (or ``environ_overrides``), or as Django
+    ``Client(**environ)`` / ``RequestFactory(**environ)`` defaults.
+
+    Raises:
+        ValueError: ``chain`` holds no certificate, or text that is not PEM.
+        TypeError: a sequence item is not an ``x509.Certificate``.
+    """
+    leaf, *rest = _chain_pems(chain)
+    environ = {"SSL_CLIENT_CERT": leaf}
+    environ.update({f"SSL_CLIENT_CERT_CHAIN_{i}": pem for i, pem in enumerate(rest)})
+    return environ
+
+
+def client_certificate_scope(chain: ChainLike) -> dict[str, Any]:
+    """ASGI scope entries presenting ``chain`` as a TLS-terminating ASGI server would (leaf first).
+
+    ``{"extensions": {"tls": {...}}}`` as the ASGI TLS extension specifies: ``client_cert_chain``
+    (PEM strings, leaf first), ``client_cert_name`` (the leaf's RFC 4514 subject), TLS 1.3. The
+    middleware reads it as ``source="tls:asgi"``. For Django's ``AsyncClient(**scope)`` /
+    ``AsyncRequestFactory(**scope)``, whose defaults go into every request's scope; to wrap an ASGI
+    app, use :func:`with_client_certificate`.
+
+    Raises:
+        ValueError: ``chain`` holds no certificate, or text that is not PEM.
+        TypeError: a sequence item is not an ``x509.Certificate``.
+    """
+    pems = _chain_pems(chain)
+    subject = x509.load_pem_x509_certificate(pems[0].encode("ascii")).subject.rfc4514_string()
+    tls = {
+        "server_cert": None,
+        "client_cert_chain": pems,
+        "client_cert_name": subject,
+        "client_cert_error": None,
+        "tls_version": 0x0304,
+        "cipher_suite": None,
+    }
+    return {"extensions": {"tls": tls}}
+
+
+def with_client_certificate(app: Any, chain: ChainLike) -> Any:
+    """``app`` (ASGI) wrapped so that every HTTP and WebSocket connection presents ``chain``.
+
+    Puts :func:`client_certificate_scope`'s ``tls`` extension into a copy of each connection's
+    scope, the way a TLS-terminating ASGI server would; other extensions the test client set are
+    kept. For Starlette/FastAPI ``TestClient(with_client_certificate(app, alice))`` or
+    ``httpx.AsyncClient(transport=httpx.ASGITransport(app=with_client_certificate(app, alice)))``.
+    Lifespan events pass through untouched.
+
+    Raises:
+        ValueError: ``chain`` holds no certificate, or text that is not PEM.
+        TypeError: a sequence item is not an ``x509.Certificate``.
+    """
+    tls = client_certificate_scope(chain)["extensions"]["tls"]
+    inner: _ASGIApp = app
+
+    async def presenting(scope: _Scope, receive: _Receive, send: _Send) -> None:
+        if scope.get("type") in ("http", "websocket"):
+            scope = dict(scope)
+            # A fresh list per connection: an app that changes it cannot affect the next one.
+            scope["extensions"] = {
+                **(scope.get("extensions") or {}),
+                "tls": {**tls, "client_cert_chain": list(tls["client_cert_chain"])},
+            }
+        await inner(scope, receive, send)
+
+    return presenting

@@ -42,6 +42,13 @@ STATUS = {
     "not_found": 404,
     "configuration_error": 500,
     "internal_error": 500,
+    "store_unavailable": 503,
+    "invalid_request": 400,
+    "permission_denied": 403,
+    "method_not_allowed": 405,
+    "duplicate_user": 409,
+    "request_too_large": 413,
+    "unsupported_media_type": 415,
 }
 
 

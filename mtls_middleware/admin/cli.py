@@ -9,10 +9,8 @@ Every store command opens the store named by ``--db`` (or ``MTLS_DB``; default
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import getpass
-import io
 import json
 import os
 import re
@@ -37,10 +35,10 @@ from ..stores.base import (
     CertificateRecord,
     OrgRecord,
     Store,
-    Upload,
     UserRecord,
 )
 from ..validation import ValidationPolicy, Validator
+from .csvio import CsvFormatError, CsvRow, export_csv, parse_import, refused_rows
 
 __all__ = ["DEFAULT_DB", "main"]
 
@@ -51,11 +49,6 @@ DEFAULT_DB = "sqlite:///mtls.db"
 
 PERMISSIONS = tuple(sorted(KNOWN_PERMISSIONS))
 OUTCOMES = (ACCEPTED, *(r.value for r in Reason))
-
-#: Columns ``cert import`` reads (``pem`` or ``pem_file``) and ``cert export`` writes first.
-CSV_COLUMNS = ("user_id", "label", "pem")
-#: Informational columns ``cert export`` adds after :data:`CSV_COLUMNS`; ``cert import`` ignores them.
-EXPORT_EXTRA_COLUMNS = ("org", "fingerprint", "uploaded_at", "not_after")
 
 _FINGERPRINT_SHOWN = 16  # hex digits of a fingerprint shown in tables; any unique prefix is accepted
 _MIN_PREFIX = 8
@@ -176,6 +169,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _check_parser(commands, common)
     _serve_parser(commands)
+    _demo_parser(commands)
 
     # user
     users = group("user", "manage users")
@@ -332,6 +326,58 @@ def _serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         metavar="ROOTS.pem",
         help="CAs named to clients as acceptable issuers (the app's MTLSConfig decides what it trusts)",
     )
+
+
+def _demo_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    text = (
+        "Run the whole pipeline end to end on loopback: a demo PKI with an OCSP responder and CRLs, "
+        "a SQLite store with users and certificates, the TLS listener in front of an example app, "
+        "and real mTLS requests with good and bad certificates; prints each outcome and the login "
+        "history. Exit status 0 when every case got its expected outcome, 1 otherwise. The demo "
+        "uses a store of its own (in --dir), never --db."
+    )
+    demo = commands.add_parser("demo", help="run the end-to-end demo on loopback", description=text)
+    demo.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+    )
+    demo.add_argument(
+        "--port", type=_port, default=8443, help="the listener's port (default 8443; a free one if taken)"
+    )
+    demo.add_argument(
+        "--dir",
+        metavar="DIR",
+        help="keep the demo's files (keys, certificates, the SQLite store) in DIR, created if missing "
+        "(default: a temporary directory removed at exit)",
+    )
+    demo.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="after the report, leave the listener up for requests by hand (a curl command is printed) "
+        "until Ctrl-C",
+    )
+    demo.add_argument(
+        "--ocsp-down",
+        action="store_true",
+        help="stop the OCSP responder before the requests: every status then comes from the CRLs",
+    )
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo  # here, not at the top: only this command needs the demo PKI
+
+    if args.db is not None:
+        return _usage(args, "demo uses a store of its own (in --dir); --db does not apply")
+    try:
+        return run_demo(
+            port=args.port,
+            directory=args.dir,
+            json_output=args.json,
+            keep_running=args.keep_running,
+            ocsp=not args.ocsp_down,
+        )
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return _usage(args, f"demo: {exc.strerror or exc}{where}")
 
 
 # -- check ------------------------------------------------------------------------------------
@@ -702,55 +748,18 @@ def _cert_delete(store: Store, args: argparse.Namespace) -> _Result:
     return _Result({"deleted": fp}, f"deleted {fp}")
 
 
-@dataclass(frozen=True)
-class _CsvRow:
-    row: int  # as a spreadsheet numbers it: the header is row 1
-    upload: Upload
-
-
-def _read_import(args: argparse.Namespace) -> list[_CsvRow]:
+def _read_import(args: argparse.Namespace) -> list[CsvRow]:
     name: str = args.csv_file
     raw = _read_input(name)
     base = Path.cwd() if name == "-" else Path(name).parent
-    # surrogateescape: whatever bytes a PEM field holds come back out unchanged.
-    text = raw.decode("utf-8-sig", "surrogateescape")
-    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
     try:
-        header = reader.fieldnames
-        if not header:
-            raise _UsageError(f"{name} is empty; it needs a header row: {','.join(CSV_COLUMNS)}")
-        missing = [c for c in ("user_id",) if c not in header]
-        if "pem" not in header and "pem_file" not in header:
-            missing.append("pem (or pem_file)")
-        if missing:
-            raise _UsageError(f"{name} lacks the column(s) {', '.join(missing)}")
-        rows: list[_CsvRow] = []
-        for index, fields in enumerate(reader):
-            number = index + 2
-            if None in fields:
-                raise _UsageError(f"{name} row {number} has more fields than the header")
-            pem_text = fields.get("pem") or ""
-            pem_file = fields.get("pem_file") or ""
-            if pem_text and pem_file:
-                raise _UsageError(f"{name} row {number} gives both pem and pem_file; give one")
-            if pem_file:
-                try:
-                    pem = (base / pem_file).read_bytes()
-                except OSError as exc:
-                    raise _UsageError(
-                        f"{name} row {number}: cannot read pem_file {pem_file}: {exc.strerror or exc}"
-                    ) from None
-            else:
-                pem = pem_text.encode("utf-8", "surrogateescape")
-            upload = Upload(pem=pem, user_id=fields.get("user_id") or "", label=fields.get("label") or None)
-            rows.append(_CsvRow(number, upload))
-    except csv.Error as exc:
-        raise _UsageError(f"{name} is not valid CSV: {exc}") from None
-    return rows
+        return parse_import(raw, name=name, base=base)
+    except CsvFormatError as exc:
+        raise _UsageError(str(exc)) from None
 
 
 def _cert_import(store: Store, args: argparse.Namespace) -> _Result:
-    rows: list[_CsvRow] = args.input
+    rows: list[CsvRow] = args.input
     try:
         records = store.upload_certificates([r.upload for r in rows], uploaded_by=_uploader())
     except BatchRefused as exc:
@@ -764,18 +773,10 @@ def _cert_import(store: Store, args: argparse.Namespace) -> _Result:
 class _ImportRefused(Exception):
     """An import refused as a whole; carries every refused row for the report."""
 
-    def __init__(self, refused: BatchRefused, rows: Sequence[_CsvRow]) -> None:
+    def __init__(self, refused: BatchRefused, rows: Sequence[CsvRow]) -> None:
         super().__init__(str(refused))
         self.reason = refused.reason
-        self.rows = [  # refusals come in batch order, one index per uploaded row
-            {
-                "row": rows[index].row,
-                "user_id": rows[index].upload.user_id,
-                "error": error.reason.value,
-                "message": error.detail,
-            }
-            for index, error in refused.refusals
-        ]
+        self.rows = refused_rows(refused, rows)
         self.message = (
             f"{len(self.rows)} of {len(rows)} row{'' if len(rows) == 1 else 's'} refused; "
             "nothing was imported"
@@ -783,23 +784,8 @@ class _ImportRefused(Exception):
 
 
 def _cert_export(store: Store, args: argparse.Namespace) -> _Result:
-    certs = sorted(store.list_certificates(), key=lambda c: (c.org, c.user_id, c.uploaded_at, c.fingerprint))
-    out = io.StringIO(newline="")
-    writer = csv.writer(out)
-    writer.writerow((*CSV_COLUMNS, *EXPORT_EXTRA_COLUMNS))
-    for cert in certs:
-        writer.writerow(
-            (
-                cert.user_id,
-                cert.label,
-                cert.pem.decode("utf-8", "surrogateescape"),  # the upload's exact bytes
-                cert.org,
-                cert.fingerprint,
-                _iso(cert.uploaded_at),
-                _iso(cert.not_after),
-            )
-        )
-    data = out.getvalue().encode("utf-8", "surrogateescape")
+    certs = store.list_certificates()
+    data = export_csv(certs)
     name: str = args.csv_file
     if name == "-":
         sys.stdout.flush()
@@ -1004,6 +990,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run_check(args)
     if args.command == "serve":
         return _run_serve(args)
+    if args.command == "demo":
+        return _run_demo(args)
     return _run_store_command(args)
 
 

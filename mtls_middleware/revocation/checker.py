@@ -23,6 +23,7 @@ from .base import SourceFailure, StatusAnswer, StatusSource
 from .crl import CRLSource
 from .fetch import Fetcher
 from .ocsp import OCSPSource
+from .shared import SharedCache, check_url
 
 __all__ = ["CheckRecord", "RevocationChecker", "RevocationOutcome", "RevocationPolicy"]
 
@@ -52,7 +53,9 @@ class RevocationPolicy:
     and per read; ``deadline``: total seconds of revocation I/O per request. ``clock_skew``:
     tolerance on thisUpdate/nextUpdate. ``max_age``: refuse data whose thisUpdate is older (seconds).
     ``max_ocsp_bytes``/``max_crl_bytes``: size caps. ``crl_signers``: candidate certificates for
-    CRLs signed by a separate key of the issuing CA.
+    CRLs signed by a separate key of the issuing CA. ``shared_cache``: a ``redis://`` URL (or a
+    :class:`~.shared.SharedCache`) where verified OCSP responses and CRLs are shared between
+    processes; every process verifies what it reads from there again.
 
     Raises:
         ConfigurationError: a value out of range or of the wrong kind.
@@ -73,6 +76,7 @@ class RevocationPolicy:
     max_ocsp_bytes: int = 64 * 1024
     max_crl_bytes: int = 128 * 1024 * 1024
     crl_signers: tuple[x509.Certificate, ...] = ()
+    shared_cache: str | SharedCache | None = None
 
     def __post_init__(self) -> None:
         # Accept any sequence (a list from a config file, Path objects) but store tuples of str.
@@ -117,6 +121,8 @@ class RevocationPolicy:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigurationError(detail=f"revocation {name} must be a positive integer")
+        if self.shared_cache is not None and not isinstance(self.shared_cache, SharedCache):
+            check_url(self.shared_cache)
 
 
 @dataclass(frozen=True)
@@ -190,10 +196,12 @@ class RevocationChecker:
     """Checks the revocation status of validated paths under a :class:`RevocationPolicy`.
 
     Sources default to OCSP (when ``policy.ocsp``) and CRLs, both
-    over one :class:`Fetcher`. Blocking: never call :meth:`check` on an event-loop thread.
+    over one :class:`Fetcher`, and both sharing what they fetch through ``policy.shared_cache``
+    when one is named. Blocking: never call :meth:`check` on an event-loop thread.
 
     Raises:
-        ConfigurationError: a configured CRL file cannot be read.
+        ConfigurationError: a configured CRL file cannot be read; a shared cache URL redis-py
+            cannot use (or redis-py is not installed).
     """
 
     def __init__(
@@ -207,6 +215,20 @@ class RevocationChecker:
         self.policy = policy
         self._fetcher = fetcher or Fetcher(timeout=policy.timeout)
         self._subjects: dict[x509.Certificate, str] = {}
+        self.shared_cache: SharedCache | None = None
+        if policy.mode != "off" and policy.shared_cache is not None:
+            self.shared_cache = (
+                policy.shared_cache
+                if isinstance(policy.shared_cache, SharedCache)
+                else SharedCache(
+                    policy.shared_cache,
+                    # One Redis round trip must stay small next to a fetch; the lock lives as long
+                    # as a holder's fetch may; a waiter gives up after one fetch timeout.
+                    timeout=min(0.5, policy.timeout),
+                    lock_ttl=policy.deadline,
+                    wait=policy.timeout,
+                )
+            )
         self._ocsp: StatusSource | None = None
         if policy.ocsp and policy.mode != "off":
             self._ocsp = ocsp if ocsp is not None else self._default_ocsp()
@@ -223,6 +245,7 @@ class RevocationChecker:
                     max_bytes=policy.max_crl_bytes,
                     clock_skew=policy.clock_skew,
                     max_age=policy.max_age,
+                    shared=self.shared_cache,
                 )
             )
 
@@ -236,6 +259,7 @@ class RevocationChecker:
             max_bytes=p.max_ocsp_bytes,
             clock_skew=p.clock_skew,
             max_age=p.max_age,
+            shared=self.shared_cache,
         )
 
     @property
@@ -416,11 +440,13 @@ class RevocationChecker:
         return text
 
     def close(self) -> None:
-        """Stop the sources' background refreshers."""
+        """Stop the sources' background refreshers; close the shared cache's connections."""
         for source in (self._ocsp, self._crl):
             closer = getattr(source, "close", None)
             if callable(closer):
                 closer()
+        if self.shared_cache is not None:
+            self.shared_cache.close()
 
 
 def _role(index: int, last: int) -> str:

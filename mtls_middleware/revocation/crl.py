@@ -5,6 +5,9 @@ maps each serial to where its entry sits, and the few entries that are ever hit 
 first use. Loading a million-entry CRL therefore costs one pass over its bytes, and a lookup is a
 dict probe. Cached copies are used until their nextUpdate; when one enters the last tenth of its
 life, a single background thread fetches the next one while requests keep using the current one.
+With a :class:`~.shared.SharedCache` a fetched CRL, once judged authentic and fresh, is shared
+with the other processes until its nextUpdate; a copy read from there is judged like a fetched
+one, and refused and fetched from its URL when it does not pass.
 
 What we refuse rather than misjudge (a :class:`SourceFailure`, never a wrong "good"): delta and
 indirect CRLs, unknown critical extensions (of the CRL or of any entry), a CRL whose
@@ -32,6 +35,7 @@ from cryptography.x509.oid import CRLEntryExtensionOID, ExtensionOID
 from ..errors import ConfigurationError
 from .base import Method, SourceFailure, StatusAnswer
 from .fetch import Fetcher, SingleFlight
+from .shared import SharedCache
 
 __all__ = ["CRLSource", "IndexedCRL", "RevokedEntry", "load_crl"]
 
@@ -487,6 +491,21 @@ class _Cached:
 
 
 @dataclass
+class _Fetched:
+    """A CRL obtained over HTTP or from the shared cache, until judged and shared.
+
+    ``raw``: the bytes fetched from the URL (to share once judged); None for a copy read from the
+    shared cache. ``token``: the cluster-wide fetch lock, while it is held.
+    """
+
+    crl: IndexedCRL
+    raw: bytes | None = None
+    token: str | None = None
+    shared: bool = False
+    published: bool = False
+
+
+@dataclass
 class _LocalFile:
     path: str
     mtime_ns: int
@@ -515,6 +534,7 @@ class CRLSource:
         max_bytes: the largest CRL fetched.
         clock_skew: seconds of tolerance on thisUpdate/nextUpdate.
         max_age: refuse a CRL whose thisUpdate is older than this many seconds (None: no limit).
+        shared: a cache shared with other processes (Redis) for fetched CRLs.
 
     Raises:
         ConfigurationError: a file that cannot be read or is not a CRL.
@@ -533,6 +553,7 @@ class CRLSource:
         clock_skew: float = 300.0,
         max_age: float | None = None,
         refresh_timeout: float = 60.0,
+        shared: SharedCache | None = None,
     ) -> None:
         self._fetcher = fetcher
         self._urls = tuple(urls)
@@ -543,7 +564,8 @@ class CRLSource:
         self._refresh_timeout = refresh_timeout
         self._lock = threading.Lock()
         self._cache: dict[str, _Cached] = {}
-        self._flight: SingleFlight[IndexedCRL] = SingleFlight()
+        self._flight: SingleFlight[_Fetched] = SingleFlight()
+        self.shared = shared
         self._threads: set[threading.Thread] = set()
         self._closed = False
         self.fetches = 0  # how many CRLs were fetched over HTTP (metrics, tests)
@@ -626,10 +648,27 @@ class CRLSource:
                 failures.append(SourceFailure(location, "the time allowed for revocation checking ran out"))
                 break
             try:
-                crl, cached = self._obtain(location, deadline)
-                self._judge(crl, issuer, above, now=now, deadline=deadline, depth=depth)
-                if not cached:
+                crl, fetched = self._obtain(location, deadline)
+                cached = fetched is None
+                try:
+                    self._judge(crl, issuer, above, now=now, deadline=deadline, depth=depth)
+                except SourceFailure:
+                    # (A copy of another issuer's CRL is no forgery: a configured URL may serve one.)
+                    if fetched is None or not fetched.shared or crl.issuer != issuer.subject:
+                        self._unlock(location, fetched)
+                        raise
+                    # Redis vouches for nothing: a copy from there that fails is fetched afresh.
+                    self._reject(location, fetched)
+                    fetched = self._fetch(location, deadline, use_shared=False)
+                    crl = fetched.crl
+                    try:
+                        self._judge(crl, issuer, above, now=now, deadline=deadline, depth=depth)
+                    except SourceFailure:
+                        self._unlock(location, fetched)
+                        raise
+                if fetched is not None:
                     self._remember(location, crl)
+                    self._share(location, fetched)
                 reasons = _scope(crl, cert)
             except SourceFailure as failure:
                 failures.append(failure)
@@ -774,11 +813,11 @@ class CRLSource:
         return problem
 
     # -- obtaining CRLs ---------------------------------------------------------------------------
-    def _obtain(self, location: str, deadline: float) -> tuple[IndexedCRL, bool]:
-        """(the CRL at ``location``, whether it came from memory)."""
+    def _obtain(self, location: str, deadline: float) -> tuple[IndexedCRL, _Fetched | None]:
+        """(the CRL at ``location``, how it was obtained: None when it came from memory)."""
         local = self._files.get(location)
         if local is not None:
-            return self._local(local), True
+            return self._local(local), None
         with self._lock:
             cached = self._cache.get(location)
         if cached is not None and cached.crl.next_update is not None:
@@ -787,23 +826,63 @@ class CRLSource:
                 life = (cached.crl.next_update - cached.crl.this_update).total_seconds()
                 if remaining <= _REFRESH_SHARE * max(life, 0.0):
                     self._refresh_soon(location, cached)
-                return cached.crl, True
-        crl = self._flight.do(
+                return cached.crl, None
+        fetched = self._flight.do(
             location,
             lambda: self._fetch(location, deadline),
             timeout=max(0.0, deadline - time.monotonic()),
         )
-        return crl, False
+        return fetched.crl, fetched
 
-    def _fetch(self, location: str, deadline: float) -> IndexedCRL:
-        data = self._fetcher.get(
-            location, max_bytes=self._max_bytes, deadline=deadline, accept="application/pkix-crl"
-        )
-        self.fetches += 1
+    def _fetch(self, location: str, deadline: float, *, use_shared: bool = True) -> _Fetched:
+        shared = self.shared if use_shared else None
+        token: str | None = None
+        if shared is not None:
+            claim = shared.claim("crl", location, deadline=deadline)
+            token = claim.token
+            if claim.data is not None:
+                try:
+                    return _Fetched(IndexedCRL(claim.data, source=location), shared=True)
+                except ValueError:
+                    shared.reject("crl", location, claim.data)
         try:
-            return IndexedCRL(data, source=location)
-        except ValueError as exc:
-            raise SourceFailure(location, f"not a CRL: {exc}") from None
+            data = self._fetcher.get(
+                location, max_bytes=self._max_bytes, deadline=deadline, accept="application/pkix-crl"
+            )
+            self.fetches += 1
+            try:
+                return _Fetched(IndexedCRL(data, source=location), raw=data, token=token)
+            except ValueError as exc:
+                raise SourceFailure(location, f"not a CRL: {exc}") from None
+        except BaseException:
+            if shared is not None:
+                shared.release("crl", location, token)
+            raise
+
+    def _share(self, location: str, fetched: _Fetched) -> None:
+        """Share a CRL fetched from its URL and judged authentic and fresh, once; drop the lock."""
+        shared = self.shared
+        if shared is None or fetched.published:
+            return
+        fetched.published = True  # the waiters of the local single flight hold the same object
+        token, fetched.token = fetched.token, None
+        crl = fetched.crl
+        if fetched.raw is None or crl.next_update is None:
+            shared.release("crl", location, token)
+            return
+        until = crl.next_update.timestamp()
+        if self._max_age is not None:
+            until = min(until, (crl.this_update + self._max_age).timestamp())
+        shared.publish("crl", location, fetched.raw, ttl=until - time.time(), token=token)
+
+    def _unlock(self, location: str, fetched: _Fetched | None) -> None:
+        if self.shared is not None and fetched is not None:
+            token, fetched.token = fetched.token, None
+            self.shared.release("crl", location, token)
+
+    def _reject(self, location: str, fetched: _Fetched) -> None:
+        if self.shared is not None:
+            self.shared.reject("crl", location, _der_of(fetched.crl))
 
     def _remember(self, location: str, crl: IndexedCRL) -> None:
         # Only once judged authentic and fresh: a forged copy on the plain-HTTP path, cached, would
@@ -856,22 +935,68 @@ class CRLSource:
                 cached.refreshing = False
                 self._threads.discard(threading.current_thread())
 
-    def _fetch_refresh(self, location: str, cached: _Cached, deadline: float) -> IndexedCRL:
-        data = self._fetcher.get(
-            location, max_bytes=self._max_bytes, deadline=deadline, accept="application/pkix-crl"
-        )
-        self.fetches += 1
-        crl = IndexedCRL(data, source=location)
+    def _fetch_refresh(self, location: str, cached: _Cached, deadline: float) -> _Fetched:
+        crl: IndexedCRL | None = None
+        raw: bytes | None = None
+        token: str | None = None
+        shared = self.shared
+        if shared is not None:
+            # Another process may have refreshed it already; else fetch under the cluster lock.
+            claim = shared.claim("crl", location, deadline=deadline)
+            token = claim.token
+            if claim.data is not None:
+                try:
+                    candidate = IndexedCRL(claim.data, source=location)
+                except ValueError:
+                    shared.reject("crl", location, claim.data)
+                else:
+                    if candidate.this_update > cached.crl.this_update:
+                        crl = candidate
+            if crl is None and token is None:
+                answered, token = shared.try_lock("crl", location)
+                if answered and token is None:
+                    # Keep the current copy (still valid) and look again at the next retry.
+                    raise SourceFailure(location, "another process is refreshing this CRL")
+        fetched = _Fetched(crl) if crl is not None else None
+        try:
+            if fetched is None:
+                raw = self._fetcher.get(
+                    location, max_bytes=self._max_bytes, deadline=deadline, accept="application/pkix-crl"
+                )
+                self.fetches += 1
+                fetched = _Fetched(IndexedCRL(raw, source=location), raw=raw, token=token)
+                token = None
+            crl = fetched.crl
+            try:
+                self._replace(location, cached, crl, strict=fetched.raw is None)
+            except SourceFailure:
+                if shared is not None and fetched.raw is None:
+                    shared.reject("crl", location, _der_of(crl))  # the next attempt asks the URL
+                raise
+        except BaseException:
+            if shared is not None:
+                shared.release("crl", location, fetched.token if fetched is not None else token)
+            raise
+        if shared is not None:
+            shared.release("crl", location, token)
+        self._share(location, fetched)
+        return fetched
+
+    def _replace(self, location: str, cached: _Cached, crl: IndexedCRL, *, strict: bool = False) -> None:
+        """Put the refreshed ``crl`` in place of ``cached``, if it is a worthy successor.
+
+        ``strict`` (a copy read from the shared cache): it must verify under a key that signed the
+        current copy, even when none is remembered.
+        """
         # Replace only with a copy signed by a key that vouched for the current one and not older.
         keys = [k for k, ok in cached.crl._verified.items() if ok]
         fresh = crl.this_update >= cached.crl.this_update and crl.issuer == cached.crl.issuer
-        if not fresh or (keys and not any(_signature_ok_by_id(crl, k) for k in keys)):
+        if not fresh or ((keys or strict) and not any(_signature_ok_by_id(crl, k) for k in keys)):
             raise SourceFailure(location, "the refreshed CRL is older or not signed like the current one")
         for k in keys:
             crl._verified[k] = True
         with self._lock:
             self._cache[location] = _Cached(crl, last_attempt=cached.last_attempt)
-        return crl
 
     def cached(self, location: str) -> IndexedCRL | None:
         """The CRL currently held for ``location`` (a URL or a configured file), if any."""
@@ -893,6 +1018,10 @@ class CRLSource:
             threads = list(self._threads)
         for thread in threads:
             thread.join(timeout)
+
+
+def _der_of(crl: IndexedCRL) -> bytes:
+    return crl.crl.public_bytes(serialization.Encoding.DER)
 
 
 def _signature_ok_by_id(crl: IndexedCRL, key_id: bytes) -> bool:

@@ -15,7 +15,9 @@ only when all of this holds:
 
 Verified answers are cached per (issuer key hash, serial) until their nextUpdate; an answer without
 a nextUpdate is used for the call that fetched it only. Concurrent checks of the same certificate
-share one fetch. Every way of failing is an :class:`OCSPFailure` with a short, stable ``kind``.
+share one fetch. With a :class:`~.shared.SharedCache` the raw responses are shared between
+processes too (never with a nonce); what is read from there is verified like a fetched response.
+Every way of failing is an :class:`OCSPFailure` with a short, stable ``kind``.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from cryptography.x509.oid import (
 from ..errors import ConfigurationError
 from .base import Method, SourceFailure, Status, StatusAnswer
 from .fetch import Fetcher, FetchError, SingleFlight
+from .shared import Claim, SharedCache
 
 __all__ = ["FailureKind", "OCSPFailure", "OCSPSource"]
 
@@ -158,6 +161,8 @@ class OCSPSource:
         max_age: refuse responses whose thisUpdate is older than this many seconds (None: no limit
             beyond nextUpdate).
         cache_size: how many verified answers to keep (least recently used go first); 0 disables.
+        shared: a cache shared with other processes (Redis), for the raw responses; not used
+            with ``nonce``.
 
     Raises:
         ConfigurationError: an argument that cannot work (non-HTTP responder URL, a non-positive
@@ -177,6 +182,7 @@ class OCSPSource:
         clock_skew: float = 300.0,
         max_age: float | None = None,
         cache_size: int = 10000,
+        shared: SharedCache | None = None,
     ) -> None:
         if responder is not None and not _fetchable(responder):
             raise ConfigurationError(
@@ -206,6 +212,8 @@ class OCSPSource:
         self._lock = threading.Lock()
         self._issuer_hashes: dict[x509.Certificate, tuple[bytes, bytes]] = {}
         self._flight: SingleFlight[StatusAnswer] = SingleFlight()
+        # A response to a nonce is good for the request that sent it only.
+        self.shared = shared if not nonce else None
 
     # --- StatusSource ------------------------------------------------------------------------
 
@@ -332,28 +340,77 @@ class OCSPSource:
         deadline: float,
         now: dt.datetime,
     ) -> StatusAnswer:
+        shared = self.shared
+        claim = Claim()
+        shared_key = f"{cert_id[1].hex()}:{cert_id[2]:x}"
+        if shared is not None:
+            claim = shared.claim("ocsp", shared_key, deadline=deadline)
+            if claim.data is not None:
+                answer = self._from_shared(claim.data, urls, cert, issuer, cert_id, now)
+                if answer is not None:
+                    self._keep(answer, cert_id, now)
+                    return answer
+                shared.reject("ocsp", shared_key, claim.data)
         failures: list[OCSPFailure] = []
-        for url in urls:
-            if time.monotonic() >= deadline:
-                failures.append(OCSPFailure(url, "no time left to ask this responder", kind="timeout"))
-                break
-            try:
-                answer = self._ask(url, cert, issuer, cert_id, deadline, now)
-            except OCSPFailure as exc:
-                failures.append(exc)
-            except FetchError as exc:
-                failures.append(OCSPFailure(url, exc.detail, kind=exc.kind))
-            except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-                # cryptography parses lazily: a field of a hostile response can fail on access.
-                failures.append(OCSPFailure(url, f"unreadable response: {exc}", kind="malformed"))
-            else:
-                if self._cache is not None and answer.expires > now.timestamp():
-                    with self._lock:
-                        self._cache[(cert_id[1], cert_id[2])] = dataclasses.replace(
-                            answer, cached=True, elapsed=0.0
+        try:
+            for url in urls:
+                if time.monotonic() >= deadline:
+                    failures.append(OCSPFailure(url, "no time left to ask this responder", kind="timeout"))
+                    break
+                try:
+                    answer, body = self._ask(url, cert, issuer, cert_id, deadline, now)
+                except OCSPFailure as exc:
+                    failures.append(exc)
+                except FetchError as exc:
+                    failures.append(OCSPFailure(url, exc.detail, kind=exc.kind))
+                except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+                    # cryptography parses lazily: a field of a hostile response can fail on access.
+                    failures.append(OCSPFailure(url, f"unreadable response: {exc}", kind="malformed"))
+                else:
+                    self._keep(answer, cert_id, now)
+                    if shared is not None and body is not None:
+                        token, claim.token = claim.token, None
+                        shared.publish(
+                            "ocsp",
+                            shared_key,
+                            url.encode() + b"\n" + body,
+                            ttl=answer.expires - time.time(),
+                            token=token,
                         )
-                return answer
-        raise OCSPFailure.combine(failures)
+                    return answer
+            raise OCSPFailure.combine(failures)
+        finally:
+            if shared is not None:
+                shared.release("ocsp", shared_key, claim.token)
+
+    def _keep(self, answer: StatusAnswer, cert_id: tuple[bytes, bytes, int], now: dt.datetime) -> None:
+        if self._cache is not None and answer.expires > now.timestamp():
+            with self._lock:
+                self._cache[(cert_id[1], cert_id[2])] = dataclasses.replace(answer, cached=True, elapsed=0.0)
+
+    def _from_shared(
+        self,
+        data: bytes,
+        urls: tuple[str, ...],
+        cert: x509.Certificate,
+        issuer: x509.Certificate,
+        cert_id: tuple[bytes, bytes, int],
+        now: dt.datetime,
+    ) -> StatusAnswer | None:
+        """The answer in ``data`` (``responder URL \\n DER`` from the shared cache), verified as a
+        fetched response is; None when it does not verify or is no longer fresh."""
+        started = time.monotonic()
+        label, _, body = data.partition(b"\n")
+        url = label.decode("utf-8", "replace")
+        if url not in urls:  # the label is only for the history: never name a place we did not ask
+            url = urls[0]
+        try:
+            answer = self._verify(url, body, cert, issuer, cert_id, now, None, started)
+        except (OCSPFailure, ValueError, TypeError, UnsupportedAlgorithm):
+            return None
+        if answer.expires <= now.timestamp():
+            return None
+        return dataclasses.replace(answer, cached=True)
 
     def _ask(
         self,
@@ -363,7 +420,9 @@ class OCSPSource:
         cert_id: tuple[bytes, bytes, int],
         deadline: float,
         now: dt.datetime,
-    ) -> StatusAnswer:
+    ) -> tuple[StatusAnswer, bytes | None]:
+        """The verified answer of the responder at ``url``, and the response bytes when they may
+        be shared with other processes (not with a nonce)."""
         started = time.monotonic()
         nonce = os.urandom(_NONCE_BYTES) if self.nonce else None
         builder = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA1())  # noqa: S303
@@ -381,7 +440,21 @@ class OCSPSource:
             body = self.fetcher.post(
                 url, request, content_type=_CONTENT_TYPE_REQUEST, max_bytes=self.max_bytes, deadline=deadline
             )
+        answer = self._verify(url, body, cert, issuer, cert_id, now, nonce, started)
+        return answer, (body if nonce is None else None)
 
+    def _verify(
+        self,
+        url: str,
+        body: bytes,
+        cert: x509.Certificate,
+        issuer: x509.Certificate,
+        cert_id: tuple[bytes, bytes, int],
+        now: dt.datetime,
+        nonce: bytes | None,
+        started: float,
+    ) -> StatusAnswer:
+        """The answer in the DER response ``body``, once every check of the module docstring holds."""
         try:
             response = ocsp.load_der_ocsp_response(body)
         except ValueError:

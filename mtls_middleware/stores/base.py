@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, runtime_checkable
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -25,7 +26,9 @@ __all__ = [
     "API_ONLY",
     "ENFORCE_MTLS",
     "KNOWN_PERMISSIONS",
+    "MANAGE_CERTIFICATES",
     "MAX_UPLOAD_BYTES",
+    "AuditEntry",
     "BatchRefused",
     "CertificateRecord",
     "OrgRecord",
@@ -44,9 +47,12 @@ MAX_UPLOAD_BYTES = 1_000_000
 ENFORCE_MTLS = "enforce_mtls"
 #: Permission: the user is an API client (a machine account); what that allows is the app's to say.
 API_ONLY = "api_only"
+#: Permission: the user may manage certificates, users and organisations through the REST API
+#: (``mtls_middleware.admin.rest``).
+MANAGE_CERTIFICATES = "manage_certificates"
 #: The permission names the library itself knows. Stores accept any other non-empty name as well,
 #: for the application's own use; the middleware hands them on in ``Identity.permissions``.
-KNOWN_PERMISSIONS = frozenset({ENFORCE_MTLS, API_ONLY})
+KNOWN_PERMISSIONS = frozenset({ENFORCE_MTLS, API_ONLY, MANAGE_CERTIFICATES})
 
 
 @dataclass(frozen=True)
@@ -125,6 +131,68 @@ class CertificateRecord:
     def days_left(self, now: dt.datetime | None = None) -> int:
         now = now or dt.datetime.now(dt.timezone.utc)
         return (self.not_after - now).days
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One management change: who (``actor``, a user id), what (``action``, e.g.
+    ``"certificate.upload"``, ``"certificate.rename"``, ``"certificate.delete"``,
+    ``"certificate.import"``, ``"user.create"``, ``"user.update"``, ``"org.set"``), on what
+    (``target``: a fingerprint, user id or organisation), the state ``before`` and ``after`` (JSON
+    objects; None where there was or is none) and when (``time``, UTC).
+
+    ``id`` is 0 until :meth:`Store.record_audit` stores the entry; stored ids increase.
+    """
+
+    actor: str
+    action: str
+    target: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    time: dt.datetime
+    id: int = 0
+
+
+def _json_object(value: object, what: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigurationError(detail=f"an audit entry's {what} must be a JSON object or None")
+    try:
+        decoded: dict[str, Any] = json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError, UnicodeEncodeError) as exc:  # lone surrogates, NaN, sets, ...
+        raise ConfigurationError(detail=f"an audit entry's {what} is not JSON: {exc}") from None
+    return decoded
+
+
+def check_audit_entry(entry: AuditEntry) -> AuditEntry:
+    """``entry`` as every store keeps and returns it: ``time`` aware UTC (a naive one is taken as
+    UTC), ``before`` and ``after`` as their JSON round trip (tuples become lists), ``id`` 0.
+
+    Raises:
+        ConfigurationError: an empty or non-UTF-8 actor, action or target; ``before``/``after``
+            not a JSON object; ``time`` not a datetime.
+    """
+    for what in ("actor", "action", "target"):
+        value = getattr(entry, what)
+        if not _storable(value) or not value:
+            raise ConfigurationError(detail=f"an audit entry's {what} must be non-empty UTF-8 text")
+    if not isinstance(entry.time, dt.datetime):
+        raise ConfigurationError(detail="an audit entry's time must be a datetime")
+    when = entry.time
+    when = when.replace(tzinfo=dt.timezone.utc) if when.tzinfo is None else when.astimezone(dt.timezone.utc)
+    return replace(
+        entry,
+        before=_json_object(entry.before, "before"),
+        after=_json_object(entry.after, "after"),
+        time=when,
+        id=0,
+    )
+
+
+def audit_json(value: dict[str, Any] | None) -> str | None:
+    """The stored text of a checked ``before``/``after`` (None stays None)."""
+    return None if value is None else json.dumps(value, sort_keys=True, ensure_ascii=False)
 
 
 def _eku(cert: x509.Certificate) -> frozenset[x509.ObjectIdentifier] | None:
@@ -434,6 +502,30 @@ class Store(Protocol):
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every record recorded so far is stored; False if ``timeout`` passed first."""
+
+    # -- audit --------------------------------------------------------------------------------
+    def record_audit(self, entry: AuditEntry) -> AuditEntry:
+        """Store ``entry`` (see :func:`check_audit_entry` for how it is normalised); return it with
+        its id, greater than every id stored before.
+
+        Raises:
+            ConfigurationError: an empty actor, action or target, or before/after not JSON objects.
+        """
+
+    def audit_log(
+        self,
+        *,
+        actor: str | None = None,
+        target: str | None = None,
+        action: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        before_id: int | None = None,
+        limit: int | None = 100,
+    ) -> list[AuditEntry]:
+        """Matching entries, newest (highest id) first: ``since <= time < until`` (a naive datetime
+        is UTC); ``before_id`` is a cursor: only entries with ``id < before_id``; ``limit=None``
+        for all."""
 
     def close(self) -> None:
         """Flush and release the store's resources. Idempotent."""

@@ -8,14 +8,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 from ..errors import MTLSError
-from ..history import LoginRecord, MemoryHistory, history_cutoff
+from ..history import LoginRecord, MemoryHistory, history_cutoff, timestamp
 from .base import (
+    AuditEntry,
     BatchRefused,
     CertificateRecord,
     OrgRecord,
     Principal,
     Upload,
     UserRecord,
+    check_audit_entry,
     check_label,
     check_org,
     check_permissions,
@@ -45,6 +47,7 @@ class MemoryStore:
         self._certs: dict[str, CertificateRecord] = {}
         self._history = MemoryHistory(history_size)
         self._generation = 0
+        self._audit: list[AuditEntry] = []
         # Bound directly: recording runs on every request.
         self.record = self._history.record  # type: ignore[method-assign]
 
@@ -252,6 +255,44 @@ class MemoryStore:
 
     def prune_history(self, *, older_than: dt.timedelta) -> int:
         return self._history.prune(before=history_cutoff(older_than))
+
+    # -- audit ----------------------------------------------------------------------------
+    def record_audit(self, entry: AuditEntry) -> AuditEntry:
+        checked = check_audit_entry(entry)
+        with self._lock:
+            stored = replace(checked, id=len(self._audit) + 1)
+            self._audit.append(stored)
+        return stored
+
+    def audit_log(
+        self,
+        *,
+        actor: str | None = None,
+        target: str | None = None,
+        action: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        before_id: int | None = None,
+        limit: int | None = 100,
+    ) -> list[AuditEntry]:
+        low = None if since is None else timestamp(since)
+        high = None if until is None else timestamp(until)
+        with self._lock:
+            entries = list(self._audit)
+        found: list[AuditEntry] = []
+        for entry in reversed(entries):
+            if limit is not None and len(found) >= limit:
+                break
+            if (
+                (before_id is None or entry.id < before_id)
+                and (actor is None or entry.actor == actor)
+                and (target is None or entry.target == target)
+                and (action is None or entry.action == action)
+                and (low is None or entry.time.timestamp() >= low)
+                and (high is None or entry.time.timestamp() < high)
+            ):
+                found.append(entry)
+        return found
 
     def flush(self, timeout: float | None = None) -> bool:
         """Nothing is buffered in memory: always True."""

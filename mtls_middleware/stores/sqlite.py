@@ -59,6 +59,7 @@ import sqlite3
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -67,12 +68,15 @@ from cryptography import x509
 from ..errors import ConfigurationError, MTLSError, Reason
 from ..history import HistoryWriter, LoginRecord, history_cutoff, timestamp
 from .base import (
+    AuditEntry,
     BatchRefused,
     CertificateRecord,
     OrgRecord,
     Principal,
     Upload,
     UserRecord,
+    audit_json,
+    check_audit_entry,
     check_label,
     check_org,
     check_permissions,
@@ -138,6 +142,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX login_history_user ON login_history (user_id, time)",
         "CREATE INDEX login_history_outcome ON login_history (outcome, time)",
     ),
+    (
+        # Times in integer microseconds: a REAL would not give back every datetime it was given.
+        "CREATE TABLE audit_log ("
+        " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " actor TEXT NOT NULL,"
+        " action TEXT NOT NULL,"
+        " target TEXT NOT NULL,"
+        " before TEXT,"
+        " after TEXT,"
+        " time INTEGER NOT NULL)",
+        "CREATE INDEX audit_log_actor ON audit_log (actor, id)",
+        "CREATE INDEX audit_log_target ON audit_log (target, id)",
+    ),
 )
 
 #: The version this code writes and understands.
@@ -161,6 +178,7 @@ _INSERT_HISTORY = (
     "INSERT INTO login_history (outcome, source, fingerprint, subject, issuer, serial, user_id, org,"
     " detail, revocation, time, peer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_SELECT_AUDIT = "SELECT id, actor, action, target, before, after, time FROM audit_log"
 _SELECT_USERS = "SELECT user_id, org, active, permissions FROM users"
 _RESOLVE = (
     "SELECT u.user_id, u.org, u.active, COALESCE(o.cert_auth, 1), u.permissions"
@@ -411,6 +429,25 @@ def _wal(conn: sqlite3.Connection, path: str) -> None:
             "mtls_middleware: %s stays in journal mode %s (WAL unsupported on this filesystem?); "
             "readers will wait for writers", path, mode,
         )
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _micros(when: dt.datetime) -> int:
+    """``when`` (naive: UTC) in exact integer microseconds since the epoch."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return (when - _EPOCH) // dt.timedelta(microseconds=1)
+
+
+def _from_micros(micros: int) -> dt.datetime:
+    return _EPOCH + dt.timedelta(microseconds=micros)
+
+
+def _sql_int(value: int) -> int:
+    """``value`` clamped into SQLite's 64-bit integers (a bigger one would raise OverflowError)."""
+    return max(-(2**63), min(2**63 - 1, int(value)))
 
 
 def _ts(when: dt.datetime) -> int:
@@ -854,6 +891,62 @@ class SQLiteStore:
         with self._write(invalidates=False) as conn:
             removed = conn.execute("DELETE FROM login_history WHERE time < ?", (cutoff,)).rowcount
         return int(removed)
+
+    # -- audit ----------------------------------------------------------------------------
+    def record_audit(self, entry: AuditEntry) -> AuditEntry:
+        checked = check_audit_entry(entry)
+        with self._write(invalidates=False) as conn:
+            cursor = conn.execute(
+                "INSERT INTO audit_log (actor, action, target, before, after, time)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    checked.actor, checked.action, checked.target, audit_json(checked.before),
+                    audit_json(checked.after), _micros(checked.time),
+                ),
+            )
+            new_id = cursor.lastrowid
+        return replace(checked, id=int(new_id or 0))
+
+    def audit_log(
+        self,
+        *,
+        actor: str | None = None,
+        target: str | None = None,
+        action: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        before_id: int | None = None,
+        limit: int | None = 100,
+    ) -> list[AuditEntry]:
+        where: list[str] = []
+        args: list[object] = []
+        for column, value in (("actor", actor), ("target", target), ("action", action)):
+            if value is not None:
+                where.append(f"{column} = ?")  # column names from the literal tuple above
+                args.append(str(value))
+        if since is not None:
+            where.append("time >= ?")
+            args.append(_micros(since))
+        if until is not None:
+            where.append("time < ?")
+            args.append(_micros(until))
+        if before_id is not None:
+            where.append("id < ?")
+            args.append(_sql_int(before_id))
+        sql = _where(_SELECT_AUDIT, where) + " ORDER BY id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(max(0, _sql_int(limit)))
+        rows = self._read(lambda c: c.execute(sql, args).fetchall())
+        return [
+            AuditEntry(
+                id=row[0], actor=row[1], action=row[2], target=row[3],
+                before=None if row[4] is None else json.loads(row[4]),
+                after=None if row[5] is None else json.loads(row[5]),
+                time=_from_micros(row[6]),
+            )
+            for row in rows
+        ]
 
     def flush(self, timeout: float | None = None) -> bool:
         return self._writer.flush(timeout)

@@ -30,9 +30,14 @@ UNKNOWN_OID = x509.ObjectIdentifier("1.3.6.1.4.1.55555.1")
 
 
 def _status(
-    source: CRLSource, leaf: Issued, issuer: Issued, *, above: tuple[x509.Certificate, ...] = ()
+    source: CRLSource,
+    leaf: Issued,
+    issuer: Issued,
+    *,
+    above: tuple[x509.Certificate, ...] = (),
+    now: dt.datetime = NOW,
 ) -> StatusAnswer:
-    return source.status(leaf.cert, issuer.cert, deadline=time.monotonic() + 5, now=NOW, above=above)
+    return source.status(leaf.cert, issuer.cert, deadline=time.monotonic() + 5, now=now, above=above)
 
 
 @dataclass
@@ -318,19 +323,22 @@ def test_cached_until_next_update(pki: TestPKI, server: CRLServer) -> None:
 
 
 def test_refresh_ahead_of_expiry_runs_in_the_background(pki: TestPKI, server: CRLServer) -> None:
-    # 9 of 10 minutes of life gone: inside the last tenth, so a lookup starts a refresh.
+    # 9 of 10 minutes of life gone: inside the last tenth, so a lookup starts a refresh. Relative
+    # to the wall clock of this test, not of the module's import: the cache compares nextUpdate
+    # with the real time, and a long suite run would otherwise find this CRL already expired.
+    now = dt.datetime.now(dt.timezone.utc)
     old = make_crl(
-        pki.issuing, this_update=NOW - dt.timedelta(minutes=9), next_update=NOW + dt.timedelta(minutes=1)
+        pki.issuing, this_update=now - dt.timedelta(minutes=9), next_update=now + dt.timedelta(minutes=1)
     )
     gate = threading.Event()
     url = server.set(PATH, crl_bytes(old))
     leaf = pki.issue_client("refresh", crl_url=url)
     source = CRLSource(Fetcher(timeout=5))
     try:
-        assert _status(source, leaf, pki.issuing).cached is False
-        new = make_crl(pki.issuing, [leaf.cert.serial_number], this_update=NOW)
+        assert _status(source, leaf, pki.issuing, now=now).cached is False
+        new = make_crl(pki.issuing, [leaf.cert.serial_number], this_update=now)
         server.set(PATH, crl_bytes(new), gate=gate)  # the refresh waits at the server until we open
-        answer = _status(source, leaf, pki.issuing)
+        answer = _status(source, leaf, pki.issuing, now=now)
         # Answered from the current CRL while the refresh is still held at the server.
         assert (answer.status, answer.cached) == ("good", True)
         assert source.refreshes_running() == 1
@@ -340,7 +348,7 @@ def test_refresh_ahead_of_expiry_runs_in_the_background(pki: TestPKI, server: CR
                 break
             time.sleep(0.05)
         assert server.count(PATH) == 2
-        assert _status(source, leaf, pki.issuing).status == "revoked"
+        assert _status(source, leaf, pki.issuing, now=now).status == "revoked"
     finally:
         gate.set()
         source.close()

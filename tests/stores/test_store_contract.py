@@ -1,6 +1,7 @@
 """The store contract: every store (memory, SQLite) behaves the same for every method.
 
-Each test runs once per store (ids ``memory`` and ``sqlite``); a real SQLite file in tmp_path.
+Each test runs once per store kind of ``tests/stores/backends.py`` (memory, SQLite in tmp_path,
+PostgreSQL, the Django app's store).
 """
 
 from __future__ import annotations
@@ -28,26 +29,20 @@ from mtls_middleware.stores import (
     API_ONLY,
     ENFORCE_MTLS,
     KNOWN_PERMISSIONS,
+    MANAGE_CERTIFICATES,
     BatchRefused,
-    MemoryStore,
     OrgRecord,
-    SQLiteStore,
     Upload,
     UserRecord,
 )
 from mtls_middleware.stores.base import MAX_UPLOAD_BYTES
 from mtls_middleware.testing import CLIENT_AUTH, SERVER_AUTH, Issued, TestPKI
+from tests.stores.backends import KINDS, open_kind
 
 UTC = dt.timezone.utc
 
 
-def _open(kind: str, directory: Path) -> Store:
-    if kind == "memory":
-        return MemoryStore()
-    return SQLiteStore(directory / "store.db")
-
-
-@pytest.fixture(params=[pytest.param("memory", id="memory"), pytest.param("sqlite", id="sqlite")])
+@pytest.fixture(params=[pytest.param(kind, id=kind) for kind in KINDS])
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -55,7 +50,7 @@ def kind(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def empty(kind: str, tmp_path: Path) -> Iterator[Store]:
     """A new store with nothing in it."""
-    store = _open(kind, tmp_path)
+    store = open_kind(kind, tmp_path)
     yield store
     store.close()
 
@@ -126,7 +121,7 @@ def test_empty_org_name_is_refused(action: Callable[[Store], object], empty: Sto
 
 def test_permission_constants() -> None:
     assert (ENFORCE_MTLS, API_ONLY) == ("enforce_mtls", "api_only")
-    assert frozenset({ENFORCE_MTLS, API_ONLY}) == KNOWN_PERMISSIONS
+    assert frozenset({ENFORCE_MTLS, API_ONLY, MANAGE_CERTIFICATES}) == KNOWN_PERMISSIONS
 
 
 def test_add_user_returns_the_record(empty: Store) -> None:

@@ -1,0 +1,177 @@
+"""Django middleware: authenticate every request by client certificate, under WSGI and ASGI.
+
+Add it to ``MIDDLEWARE`` after ``AuthenticationMiddleware``::
+
+    MIDDLEWARE = [
+        ...,
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "mtls_middleware.contrib.django.middleware.MTLSMiddleware",
+        ...,
+    ]
+    AUTHENTICATION_BACKENDS = [
+        "mtls_middleware.contrib.django.backends.CertificateBackend",
+        "django.contrib.auth.backends.ModelBackend",
+    ]
+
+It is a thin adapter over the project's one :class:`~mtls_middleware.Authenticator` (built from
+the ``MTLS_*`` settings, see :mod:`.conf`), which decides everything:
+
+- An accepted request carries its :class:`~mtls_middleware.Identity` as ``request.mtls_identity``
+  (and ``request.META["mtls_middleware.identity"]``); in ``optional`` mode a request without a
+  certificate has ``request.mtls_identity = None``, as have exempt paths.
+- A refused request is answered here with the reason's status and
+  ``{"error": code, "message": sentence}``; the view never runs.
+- With ``django.contrib.auth`` installed (and ``MTLS_SET_USER`` not False), an accepted
+  certificate also decides ``request.user`` (and ``request.auser()``) for that request, like
+  ``RemoteUserMiddleware``: ``auth.authenticate(request, mtls_identity=identity)`` asks the
+  backends, of which only :class:`~.backends.CertificateBackend` takes that keyword; when no
+  backend answers (no such Django user, or an inactive one) the request is anonymous, whatever a
+  session said. Nothing is written to the session and no ``user_logged_in`` signal is sent: each
+  request is authenticated by its own certificate, so no session (and no session middleware) is
+  needed. A request without a certificate (optional mode, exempt paths) keeps the user
+  ``AuthenticationMiddleware`` found, such as a password login's.
+
+Under WSGI the request's environ (``request.META``) is read, under ASGI its ``request.scope``
+(the TLS extension, the headers exactly as received). Under ASGI all of the work (validation,
+the store, revocation I/O, the user lookup) runs in Django's ``sync_to_async`` thread, as a
+sync view would, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.http import HttpRequest, HttpResponse
+
+from ...authenticator import Authenticator, asgi_peer
+from ...errors import MTLSError, Reason
+from ...identity import ENVIRON_KEY, Identity
+from ...wsgi import error_response
+from . import conf
+
+__all__ = ["MTLSMiddleware", "refusal_response"]
+
+log = logging.getLogger("mtls_middleware")
+
+GetResponse = Callable[[HttpRequest], Any]
+
+
+def refusal_response(error: MTLSError) -> HttpResponse:
+    """The response a refused request gets: the reason's status, the JSON body of
+    :func:`mtls_middleware.wsgi.error_response` and its headers (``Cache-Control: no-store``)."""
+    _status, headers, body = error_response(error)
+    response = HttpResponse(body, status=error.status)
+    for name, value in headers:
+        response[name] = value
+    return response
+
+
+class MTLSMiddleware:
+    """Authenticates each request by client certificate before the view (see the module docs).
+
+    Raises:
+        ConfigurationError: at start-up (when Django loads its middleware), if the ``MTLS_*``
+            settings cannot work.
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: GetResponse) -> None:
+        if get_response is None:
+            raise ValueError("get_response must be provided")
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+        conf.get_authenticator()  # a bad configuration fails now, not on the first request
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.is_async:
+            return self.__acall__(request)
+        refusal = self.process_request(request)
+        if refusal is not None:
+            return refusal
+        return self.get_response(request)
+
+    async def __acall__(self, request: HttpRequest) -> Any:
+        # Thread-sensitive, as Django runs sync views: the user lookup shares the request's
+        # database connection, and nothing that may block runs on the event loop.
+        refusal = await sync_to_async(self.process_request, thread_sensitive=True)(request)
+        if refusal is not None:
+            return refusal
+        response: Awaitable[Any] = self.get_response(request)
+        return await response
+
+    def process_request(self, request: HttpRequest) -> HttpResponse | None:
+        """Authenticate ``request``: None to go on to the view, or the refusal to answer with.
+
+        May block (store, revocation I/O, the user lookup): never call it on an event loop.
+        """
+        request.mtls_identity = None
+        try:
+            auth = conf.get_authenticator()
+            options = conf.get_options()
+        except MTLSError:  # settings changed at run time into something that cannot work
+            log.exception("mtls_middleware: the MTLS_* settings cannot make a configuration")
+            return refusal_response(MTLSError(Reason.INTERNAL_ERROR))
+        try:
+            if auth.config.exempt_paths and auth.config.is_exempt(request.path_info):
+                self._strip_untrusted(auth, request)
+                return None
+            identity = self._authenticate(auth, request)
+            if identity is not None:
+                request.mtls_identity = identity
+                request.META[ENVIRON_KEY] = identity
+                if options.set_user:
+                    _set_user(request, identity)
+        except MTLSError as exc:
+            return refusal_response(exc)
+        except Exception:  # fail closed: a fault here must not reach the client as a trace
+            log.exception("mtls_middleware: unexpected error in the Django middleware")
+            return refusal_response(MTLSError(Reason.INTERNAL_ERROR))
+        return None
+
+    @staticmethod
+    def _authenticate(auth: Authenticator, request: HttpRequest) -> Identity | None:
+        scope = getattr(request, "scope", None)
+        if scope is None:  # WSGI: request.META is the server's environ
+            meta = request.META
+            identity = auth.hit_wsgi(meta)
+            if identity is None:
+                presented = auth.extract_wsgi(meta)
+                identity = auth.authenticate(presented, peer=meta.get("REMOTE_ADDR"))
+            return identity
+        # ASGI: the scope has what META lost (the TLS extension, duplicated headers).
+        identity = auth.hit_asgi(scope)
+        if identity is None:
+            presented = auth.extract_asgi(scope)
+            identity = auth.authenticate(presented, peer=asgi_peer(scope))
+        return identity
+
+    @staticmethod
+    def _strip_untrusted(auth: Authenticator, request: HttpRequest) -> None:
+        # An exempt view must still never see a certificate header an untrusted peer sent.
+        auth.strip_untrusted_wsgi(request.META)
+        scope = getattr(request, "scope", None)
+        if scope is not None:
+            request.scope = auth.strip_untrusted_asgi(scope)
+
+
+def _set_user(request: HttpRequest, identity: Identity) -> None:
+    from django.contrib import auth
+    from django.contrib.auth.models import AnonymousUser
+
+    user = auth.authenticate(request, mtls_identity=identity)
+    if user is None:
+        user = AnonymousUser()
+
+    async def auser() -> Any:
+        return user
+
+    request.user = user
+    request.auser = auser

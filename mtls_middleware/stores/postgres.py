@@ -1,0 +1,1311 @@
+"""The shared store: one PostgreSQL database, for several app nodes with several workers each.
+
+``open_store("postgresql://user@db.example/app")`` (or ``postgres://``, or any libpq connection
+string given to :class:`PostgresStore`). Needs the ``postgresql`` extra (psycopg 3 and
+psycopg_pool): ``pip install 'mtls_middleware[postgresql]'``.
+
+The schema
+    Everything lives in one PostgreSQL schema of its own (``mtls_middleware`` unless ``schema=``, or
+    ``?schema=`` in the URL, names another), so the tables cannot clash with the application's. It is
+    versioned by :data:`MIGRATIONS`, a list of steps applied in order, all in one transaction
+    together with the new version number (``meta.schema_version``) and under a transaction-scoped
+    advisory lock, so concurrent openers on several nodes migrate exactly once. A schema written by
+    a newer version of the library is refused (``ConfigurationError``), and so is a schema holding
+    tables of some other application. Text keys use the ``"C"`` collation: sorting and prefix
+    search behave as in the SQLite store, whatever the database's locale.
+
+Connections and races
+    Management calls and lookups borrow connections from a :class:`psycopg_pool.ConnectionPool`
+    (``min_size``/``max_size``, per process). A connection idle for over a second is pinged
+    before it is handed out; a read that meets a connection broken by a server restart anyway is
+    retried once on another. Each process also holds one connection for its listener (below):
+    count ``max_size + 1`` connections per worker against ``max_connections``. The listener needs
+    a session of its own: behind pgbouncer, use session pooling (or connect it directly).
+    Uniqueness is decided by the database: two workers (on any nodes) that upload the same
+    certificate at once both try the ``INSERT``; the primary key lets exactly one in and the
+    other gets ``duplicate_certificate``.
+
+The generation, across nodes
+    Every invalidating write (a certificate uploaded or deleted, a user added, changed or
+    deactivated, an organisation switched) increments ``meta.generation`` inside its transaction
+    and sends ``NOTIFY`` with the new number on the schema's channel (PostgreSQL delivers it at the
+    commit, and only if the commit happens). Each process runs one listener thread on a connection
+    of its own (``LISTEN``); a number above the last one seen raises the process's ``generation``,
+    a plain attribute that the verdict cache reads on every request. The writing process raises
+    its own at once, after the commit. A deletion in one worker is refused by every other worker
+    of every node within tens of milliseconds (the tests measure it).
+
+    The bound when a message is missed: the listener also re-reads the counter every
+    ``fallback_interval`` seconds (default 5; any difference counts, a lower number too: a
+    database restored from a backup). A lost listener connection raises the generation at
+    once (every cached verdict is dropped), again at each reconnection attempt (every
+    ``reconnect_delay``, default 0.5 s), and once more when it is back, after re-reading the
+    counter. Each of the listener's queries must be answered within ``fallback_interval`` (a
+    server or proxy that keeps the connection but stops answering is noticed too), and its socket
+    has TCP keepalives and a ``tcp_user_timeout`` (a connection that dies silently). So a change
+    committed in the database is seen by every live process within ``2 * fallback_interval``
+    (10 s by default) whatever happens to the notifications, and within well under a second when
+    they flow.
+
+When PostgreSQL is unreachable
+    Lookups and management calls raise ``MTLSError(store_unavailable)`` (HTTP 503) after at most
+    ``timeout`` seconds (default 2) instead of a 500. Cached verdicts are *not* served meanwhile:
+    the listener lost its connection, so this process can no longer learn of deletions made by
+    the nodes that can still reach the database, and the generation is raised (fail closed, like
+    ``revocation="require"``). Each ``store_unavailable`` refusal also raises the generation, so
+    it is never served from the cache once the database is back. Recovery needs no restart: the
+    pool and the listener reconnect by themselves. Limit: libpq has no client-side deadline for a
+    query, so a server that accepts a lookup and then hangs (not down, not unreachable) holds that
+    request until it answers; the listener, which has its own deadline, still drops the cache.
+
+The login history
+    ``record`` appends to a :class:`~mtls_middleware.history.HistoryWriter` whose thread inserts in
+    batches. A batch that cannot be written because the database is unreachable is kept in an
+    outage buffer of at most ``history_backlog`` records (default 100 000) and written, oldest
+    first, as soon as the database answers again (the listener's reconnection triggers it). Past
+    that bound the oldest records are dropped, logged and counted in :attr:`history_dropped`: the
+    loss is bounded and counted, never silent. A commit whose answer is lost with the connection
+    may be written twice (at least once, never lost). The writer's ``written`` counts records
+    handed to the store, backlog included; :attr:`history_backlog` is what waits.
+    ``login_history`` and ``prune_history`` flush first, so a process reads its own writes.
+
+Several processes
+    Every process has its own pool and listener. After ``fork()`` the child abandons (never uses,
+    never closes) the connections inherited from its parent and opens its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import functools
+import logging
+import os
+import re
+import select
+import threading
+import time
+import urllib.parse
+import weakref
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
+from typing import Any, TypeVar
+
+from cryptography import x509
+
+from ..errors import ConfigurationError, ManagementError, MTLSError, Reason
+from ..history import HistoryWriter, LoginRecord, history_cutoff, timestamp
+from .base import (
+    AuditEntry,
+    BatchRefused,
+    CertificateRecord,
+    OrgRecord,
+    Principal,
+    Upload,
+    UserRecord,
+    audit_json,
+    check_audit_entry,
+    check_label,
+    check_org,
+    check_permissions,
+    check_upload,
+    check_uploads,
+    check_user_id,
+    duplicate,
+    not_found,
+    record_from_upload,
+    unknown_user,
+)
+
+try:
+    import psycopg
+    from psycopg import sql
+    from psycopg_pool import ConnectionPool, PoolTimeout
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ConfigurationError(
+        detail="the PostgreSQL store needs psycopg 3: pip install 'mtls_middleware[postgresql]' "
+        f"({exc})"
+    ) from None
+
+__all__ = ["DEFAULT_SCHEMA", "MIGRATIONS", "SCHEMA_VERSION", "URL_OPTIONS", "PostgresStore"]
+
+log = logging.getLogger("mtls_middleware")
+
+#: The schema the tables live in unless another is named.
+DEFAULT_SCHEMA = "mtls_middleware"
+
+#: The schema, one step per version: step ``n`` takes a schema from version ``n`` to ``n + 1``.
+#: Append new steps; never edit a released one.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+        "INSERT INTO meta (key, value) VALUES ('generation', 0)",
+        'CREATE TABLE orgs (org TEXT COLLATE "C" PRIMARY KEY, cert_auth BOOLEAN NOT NULL DEFAULT TRUE)',
+        "CREATE TABLE users ("
+        ' user_id TEXT COLLATE "C" PRIMARY KEY,'
+        ' org TEXT COLLATE "C" NOT NULL REFERENCES orgs (org),'
+        " active BOOLEAN NOT NULL DEFAULT TRUE,"
+        " permissions TEXT[] NOT NULL DEFAULT '{}')",
+        "CREATE INDEX users_org ON users (org)",
+        "CREATE TABLE certificates ("
+        ' fingerprint TEXT COLLATE "C" PRIMARY KEY,'
+        " seq BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,"
+        ' user_id TEXT COLLATE "C" NOT NULL REFERENCES users (user_id),'
+        ' org TEXT COLLATE "C" NOT NULL,'
+        " label TEXT NOT NULL,"
+        " pem BYTEA NOT NULL,"
+        " subject TEXT NOT NULL,"
+        " issuer TEXT NOT NULL,"
+        " serial TEXT NOT NULL,"
+        " not_before TIMESTAMPTZ NOT NULL,"
+        " not_after TIMESTAMPTZ NOT NULL,"
+        " uploaded_at TIMESTAMPTZ NOT NULL,"
+        " uploaded_by TEXT)",
+        "CREATE INDEX certificates_user ON certificates (user_id)",
+        "CREATE INDEX certificates_org ON certificates (org)",
+        "CREATE TABLE login_history ("
+        " id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+        " outcome TEXT NOT NULL,"
+        " source TEXT NOT NULL,"
+        " fingerprint TEXT,"
+        " subject TEXT,"
+        " issuer TEXT,"
+        " serial TEXT,"
+        ' user_id TEXT COLLATE "C",'
+        " org TEXT,"
+        " detail TEXT NOT NULL DEFAULT '',"
+        " revocation TEXT,"
+        " time DOUBLE PRECISION NOT NULL,"
+        " peer TEXT)",
+        "CREATE INDEX login_history_time ON login_history (time)",
+        "CREATE INDEX login_history_user ON login_history (user_id, time)",
+        "CREATE INDEX login_history_outcome ON login_history (outcome, time)",
+        "CREATE TABLE audit_log ("
+        " id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+        ' actor TEXT COLLATE "C" NOT NULL,'
+        ' action TEXT COLLATE "C" NOT NULL,'
+        ' target TEXT COLLATE "C" NOT NULL,'
+        " before JSONB,"
+        " after JSONB,"
+        " time TIMESTAMPTZ NOT NULL)",
+        "CREATE INDEX audit_log_actor ON audit_log (actor, id)",
+        "CREATE INDEX audit_log_target ON audit_log (target, id)",
+    ),
+)
+
+#: The version this code writes and understands.
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# Literal SQL only; values always go in as parameters.
+_SELECT_CERTS = (
+    "SELECT fingerprint, user_id, org, label, pem, subject, issuer, serial, not_before, not_after,"
+    " uploaded_at, uploaded_by FROM certificates"
+)
+_INSERT_CERT = (
+    "INSERT INTO certificates (fingerprint, user_id, org, label, pem, subject, issuer, serial,"
+    " not_before, not_after, uploaded_at, uploaded_by)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+# In LoginRecord's field order, so that records are rows and rows are records.
+_SELECT_HISTORY = (
+    "SELECT outcome, source, fingerprint, subject, issuer, serial, user_id, org, detail, revocation,"
+    " time, peer FROM login_history"
+)
+# COPY: several times the rows per second of a batched INSERT.
+_COPY_HISTORY = (
+    "COPY login_history (outcome, source, fingerprint, subject, issuer, serial, user_id, org,"
+    " detail, revocation, time, peer) FROM STDIN"
+)
+_SELECT_AUDIT = "SELECT id, actor, action, target, before, after, time FROM audit_log"
+_SELECT_USERS = "SELECT user_id, org, active, permissions FROM users"
+_RESOLVE = (
+    "SELECT u.user_id, u.org, u.active, COALESCE(o.cert_auth, TRUE), u.permissions"
+    " FROM users AS u LEFT JOIN orgs AS o ON o.org = u.org"
+)
+_BUMP = "UPDATE meta SET value = value + 1 WHERE key = 'generation' RETURNING value"
+_READ_GENERATION = "SELECT value FROM meta WHERE key = 'generation'"
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,39}\Z")
+_BIGINT = 2**63 - 1
+
+_T = TypeVar("_T")
+
+# Connections inherited through fork(): never used nor closed in the child (closing would end the
+# parent's session on the shared socket), only kept from being collected.
+_ABANDONED: list[object] = []
+
+
+# A pooled connection is pinged before it is handed out only when it has been idle this long: a
+# lookup then costs one round trip, not two. One broken meanwhile (a server restart) fails its
+# read, which is retried once on another connection; a write fails with store_unavailable.
+_IDLE_CHECK = 1.0
+
+
+def _check_if_idle(conn: psycopg.Connection[Any]) -> None:
+    if time.monotonic() - getattr(conn, "_mtls_returned", 0.0) > _IDLE_CHECK:
+        ConnectionPool.check_connection(conn)
+
+
+def _returned(conn: psycopg.Connection[Any]) -> None:
+    conn._mtls_returned = time.monotonic()  # type: ignore[attr-defined]
+
+
+def _retryable(exc: MTLSError) -> bool:
+    """A read that failed on a broken pooled connection (not for want of one) may be retried."""
+    return exc.reason is Reason.STORE_UNAVAILABLE and not isinstance(exc.__cause__, PoolTimeout)
+
+
+def _unavailable(exc: BaseException, where: str) -> MTLSError:
+    return MTLSError(Reason.STORE_UNAVAILABLE, f"PostgreSQL store {where} is unreachable: {exc}")
+
+
+#: Query parameters of a URL that are ours, not libpq's (``open_store`` has no other way to pass
+#: them), and their types.
+URL_OPTIONS: dict[str, type] = {
+    "schema": str,
+    "min_size": int,
+    "max_size": int,
+    "timeout": float,
+    "fallback_interval": float,
+}
+
+
+def _split_url(url_or_dsn: str) -> tuple[str, dict[str, Any]]:
+    """The connection string without our query parameters (:data:`URL_OPTIONS`), and those.
+
+    Raises:
+        ConfigurationError: one of ours with a value of the wrong type.
+    """
+    if "://" not in url_or_dsn:
+        return url_or_dsn, {}
+    parts = urllib.parse.urlsplit(url_or_dsn)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    ours: dict[str, Any] = {}
+    for key, value in query:
+        if key in URL_OPTIONS:
+            try:
+                ours[key] = URL_OPTIONS[key](value)
+            except ValueError:
+                raise ConfigurationError(
+                    detail=f"PostgreSQL store URL: {key}={value!r} is not a {URL_OPTIONS[key].__name__}"
+                ) from None
+    rest = urllib.parse.urlencode([(key, value) for key, value in query if key not in URL_OPTIONS])
+    return urllib.parse.urlunsplit(parts._replace(query=rest)), ours
+
+
+def _clean(value: str | None) -> str | None:
+    # PostgreSQL text cannot hold NUL; a login record (hostile subject, detail) must still be kept.
+    if value is not None and "\x00" in value:
+        return value.replace("\x00", "\\x00")
+    return value
+
+
+def _history_row(rec: LoginRecord) -> tuple[Any, ...]:
+    return tuple(_clean(v) if isinstance(v, str) else v for v in rec)
+
+
+def _has_nul(*values: str | None) -> bool:
+    return any(v is not None and "\x00" in v for v in values)
+
+
+def _clamp(value: int) -> int:
+    return max(-_BIGINT - 1, min(_BIGINT, int(value)))
+
+
+def _utc(when: dt.datetime) -> dt.datetime:
+    return when.replace(tzinfo=dt.timezone.utc) if when.tzinfo is None else when.astimezone(dt.timezone.utc)
+
+
+def _principal(row: Sequence[Any]) -> Principal:
+    return Principal(
+        user_id=row[0],
+        org=row[1],
+        active=bool(row[2]),
+        org_cert_auth=bool(row[3]),
+        permissions=_permissions(tuple(row[4])),
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _permissions(names: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(names)
+
+
+def _user(row: Sequence[Any]) -> UserRecord:
+    return UserRecord(row[0], row[1], bool(row[2]), _permissions(tuple(row[3])))
+
+
+def _certificate(row: Sequence[Any]) -> CertificateRecord:
+    return CertificateRecord(
+        fingerprint=row[0],
+        user_id=row[1],
+        org=row[2],
+        label=row[3],
+        pem=bytes(row[4]),
+        subject=row[5],
+        issuer=row[6],
+        serial=row[7],
+        not_before=_utc(row[8]),
+        not_after=_utc(row[9]),
+        uploaded_at=_utc(row[10]),
+        uploaded_by=row[11],
+    )
+
+
+def _where(select_: str, conditions: Sequence[str]) -> str:
+    return select_ + (" WHERE " + " AND ".join(conditions) if conditions else "")
+
+
+class _Listener:
+    """The thread that keeps one process's ``generation`` in step with the database.
+
+    It holds the store only weakly (an abandoned store is collected and the thread ends).
+    """
+
+    def __init__(
+        self,
+        store: PostgresStore,
+        *,
+        conninfo: str,
+        kwargs: dict[str, Any],
+        channel: str,
+        interval: float,
+        reconnect_delay: float,
+    ) -> None:
+        self._store = weakref.ref(store)
+        self._conninfo = conninfo
+        self._kwargs = kwargs
+        self._channel = channel
+        self._interval = interval
+        self._reconnect_delay = reconnect_delay
+        self._stop = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        # Held here, not only in the thread's frame: see _ABANDONED.
+        self.conn: psycopg.Connection[Any] | None = None
+        self.connected = threading.Event()
+        self.reconnections = 0
+        self.thread = threading.Thread(target=self._run, name=f"mtls-pg-listener {channel}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stop = True
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    def release(self, timeout: float) -> None:
+        """Stop and wait for the thread; then close the wake-up pipe (not before: a write to a
+        closed descriptor could land in a file opened meanwhile under the same number)."""
+        self.stop()
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
+            self.thread.join(timeout)
+        if not self.thread.is_alive():
+            for fd in (self._wake_r, self._wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def abandon(self) -> None:
+        """In a fork child: the thread does not exist here; keep its objects, use none."""
+        self._stop = True
+        _ABANDONED.append(self.conn)
+        self.conn = None
+
+    def _call(self, name: str, *args: Any) -> bool:
+        store = self._store()
+        if store is None or store._closed:
+            self._stop = True
+            return False
+        getattr(store, name)(*args)
+        return True
+
+    def _run(self) -> None:
+        lost = False
+        while not self._stop:
+            try:
+                self._session(lost)
+            except Exception as exc:  # whatever it was, the thread must live on
+                if self._stop:
+                    break
+                if not isinstance(exc, (psycopg.Error, OSError)):
+                    log.exception("mtls_middleware: PostgreSQL listener on %s failed", self._channel)
+                elif self.connected.is_set() or not lost:  # once per outage
+                    log.warning(
+                        "mtls_middleware: PostgreSQL listener on %s lost its connection (%s); "
+                        "cached verdicts are dropped until it is back", self._channel, exc,
+                    )
+                lost = True
+                self.connected.clear()
+                if not self._call("_invalidate"):
+                    break
+            finally:
+                conn, self.conn = self.conn, None
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+            if not self._stop:
+                self._sleep(self._reconnect_delay)
+
+    def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            ready, _, _ = select.select([self._wake_r], [], [], seconds)
+            if ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 64)
+
+    def _session(self, reconnected: bool) -> None:
+        conn = psycopg.connect(self._conninfo, autocommit=True, **self._kwargs)
+        self.conn = conn
+        pgconn = conn.pgconn
+        listen = sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)).as_bytes(conn)
+        self._query(pgconn, listen)
+        # Read after LISTEN: a change committed before it is in this number, one after it is sent.
+        self._check(pgconn)
+        if reconnected:
+            self.reconnections += 1
+            log.warning("mtls_middleware: PostgreSQL listener on %s is back", self._channel)
+            if not self._call("_reconnected"):
+                return
+        self.connected.set()
+        next_check = time.monotonic() + self._interval
+        while not self._stop:
+            wait = max(0.0, next_check - time.monotonic())
+            ready, _, _ = select.select([pgconn.socket, self._wake_r], [], [], wait)
+            if self._stop:
+                return
+            if self._wake_r in ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 64)
+            if pgconn.socket in ready:
+                pgconn.consume_input()
+                if pgconn.status != psycopg.pq.ConnStatus.OK:
+                    raise psycopg.OperationalError("the listener connection was closed")
+                self._dispatch(pgconn)
+            if time.monotonic() >= next_check:
+                self._check(pgconn)
+                if not self._call("_drain_soon"):
+                    return
+                next_check = time.monotonic() + self._interval
+
+    def _check(self, pgconn: psycopg.pq.abc.PGconn) -> None:
+        value = self._query(pgconn, _READ_GENERATION.encode())
+        if value is not None:
+            self._call("_sync", int(value))
+
+    def _query(self, pgconn: psycopg.pq.abc.PGconn, query: bytes) -> bytes | None:
+        """Run ``query`` on the listener's connection; the first value it returns, if any.
+
+        By hand on libpq rather than through ``Connection.execute``, for a deadline of its own:
+        a server (or a proxy) that accepts the query and never answers would otherwise hold the
+        listener, and with it the invalidation bound, forever. TCP timeouts cannot see that case.
+
+        Raises:
+            psycopg.OperationalError: no answer within ``fallback_interval``, or an error.
+        """
+        deadline = time.monotonic() + self._interval
+        pgconn.send_query(query)
+        while pgconn.flush():
+            self._wait(pgconn, deadline, write=True)
+        value: bytes | None = None
+        while True:
+            while pgconn.is_busy():
+                self._wait(pgconn, deadline)
+                pgconn.consume_input()
+            result = pgconn.get_result()
+            if result is None:
+                break
+            if result.status == psycopg.pq.ExecStatus.TUPLES_OK and result.ntuples:
+                value = result.get_value(0, 0)
+            elif result.status not in (psycopg.pq.ExecStatus.TUPLES_OK, psycopg.pq.ExecStatus.COMMAND_OK):
+                message = (result.error_message or b"").decode("utf-8", "replace").strip()
+                raise psycopg.OperationalError(f"listener query failed: {message}")
+        self._dispatch(pgconn)
+        return value
+
+    def _wait(self, pgconn: psycopg.pq.abc.PGconn, deadline: float, *, write: bool = False) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or self._stop:
+            raise psycopg.OperationalError(
+                f"PostgreSQL did not answer the listener within {self._interval} s"
+            )
+        sock = pgconn.socket
+        select.select([] if write else [sock], [sock] if write else [], [], remaining)
+
+    def _dispatch(self, pgconn: psycopg.pq.abc.PGconn) -> None:
+        while (notify := pgconn.notifies()) is not None:
+            self._payload(notify.extra.decode("ascii", "replace"))
+
+    def _payload(self, payload: str) -> None:
+        try:
+            value = int(payload)
+        except ValueError:
+            return  # not ours (someone else's NOTIFY on the channel): nothing to learn
+        self._call("_advance", value)
+
+
+class PostgresStore:
+    """A :class:`~mtls_middleware.stores.base.Store` in PostgreSQL (see the module docs).
+
+    ``url_or_dsn``: a ``postgresql://`` or ``postgres://`` URL or a libpq keyword string. A URL
+    may carry ``schema``, ``min_size``, ``max_size``, ``timeout`` and ``fallback_interval`` as
+    query parameters (``?schema=mtls&max_size=20``); keyword arguments given here win.
+    ``schema``: the PostgreSQL schema of the tables (created when missing; default
+    ``mtls_middleware``). ``min_size``/``max_size``: the connection pool per process (default 1
+    and 10). ``timeout``: how long a call waits for a connection before it fails with
+    ``store_unavailable`` (default 2 s).
+    ``fallback_interval``: how often the counter is re-read whatever the notifications say (the
+    invalidation bound is twice this); ``reconnect_delay``: between listener reconnection
+    attempts. ``history_queue``/``history_batch``: the login-history buffer and batch size;
+    ``history_backlog``: how many records are kept while the database is unreachable.
+
+    Raises:
+        ConfigurationError: a bad schema name or option, the database unreachable at start-up,
+            a newer schema, or a schema holding another application's tables.
+    """
+
+    def __init__(
+        self,
+        url_or_dsn: str,
+        *,
+        schema: str | None = None,
+        min_size: int | None = None,
+        max_size: int | None = None,
+        timeout: float | None = None,
+        connect_timeout: int = 2,
+        fallback_interval: float | None = None,
+        reconnect_delay: float = 0.5,
+        history_queue: int = 10_000,
+        history_batch: int = 500,
+        history_backlog: int = 100_000,
+    ) -> None:
+        conninfo, url_options = _split_url(url_or_dsn)
+        # Explicit arguments win over the URL's; the URL's over the defaults.
+        min_size = int(min_size if min_size is not None else url_options.get("min_size", 1))
+        max_size = int(max_size if max_size is not None else url_options.get("max_size", 10))
+        timeout = float(timeout if timeout is not None else url_options.get("timeout", 2.0))
+        fallback_interval = float(
+            fallback_interval if fallback_interval is not None
+            else url_options.get("fallback_interval", 5.0)
+        )
+        schema = schema if schema is not None else url_options.get("schema") or DEFAULT_SCHEMA
+        if not _SCHEMA_NAME.match(schema):
+            raise ConfigurationError(
+                detail=f"PostgreSQL schema name {schema!r}: use lowercase letters, digits and _ "
+                "(at most 40 characters, not starting with a digit)"
+            )
+        if not 0 <= min_size <= max_size or max_size < 1:
+            raise ConfigurationError(detail="the pool needs 0 <= min_size <= max_size and max_size >= 1")
+        if timeout <= 0 or fallback_interval <= 0 or reconnect_delay <= 0 or connect_timeout < 1:
+            raise ConfigurationError(
+                detail="timeout, fallback_interval and reconnect_delay must be positive, "
+                "connect_timeout at least 1 second"
+            )
+        if history_backlog < 0 or history_queue < 1 or history_batch < 1:
+            raise ConfigurationError(
+                detail="history_queue and history_batch must be positive, history_backlog not negative"
+            )
+        try:
+            params = psycopg.conninfo.conninfo_to_dict(conninfo)
+        except psycopg.Error as exc:
+            raise ConfigurationError(detail=f"bad PostgreSQL connection string: {exc}") from None
+        self.schema = schema
+        self.channel = f"mtls_{schema}"
+        self._where = f"{params.get('host', 'localhost')}/{params.get('dbname', '')} schema {schema}"
+        options = f"{params.get('options', '')} -c search_path={schema} -c timezone=UTC".strip()
+        self._kwargs: dict[str, Any] = {
+            "options": options,
+            "connect_timeout": int(params.get("connect_timeout") or connect_timeout),
+            "application_name": params.get("application_name") or f"mtls {schema}",
+            # A connection that died silently (a cut cable, a failed-over host) errors within
+            # about fallback_interval instead of the kernel's 15 minutes.
+            "keepalives": 1,
+            "keepalives_idle": max(1, int(fallback_interval)),
+            "keepalives_interval": 1,
+            "keepalives_count": 3,
+            "tcp_user_timeout": int(fallback_interval * 1000),
+        }
+        self._conninfo = conninfo
+        self._pool_options: dict[str, Any] = {
+            "min_size": min_size, "max_size": max_size, "timeout": timeout,
+        }
+        self._fallback_interval = fallback_interval
+        self._reconnect_delay = reconnect_delay
+        self._closed = True  # until fully open: close() and the listener must not run on a half store
+        self.generation = 0
+        self._seen = 0
+        self._gen_lock = threading.Lock()
+        try:
+            self.schema_version_found, self._seen = self._migrate()
+        except psycopg.Error as exc:
+            raise ConfigurationError(
+                detail=f"cannot open the PostgreSQL store {self._where}: {exc} (is the server "
+                "running and the connection string right?)"
+            ) from None
+        self._backlog: deque[LoginRecord] = deque()
+        self._backlog_limit = history_backlog
+        self._backlog_lock = threading.Lock()
+        self._history_batch = history_batch
+        self.history_dropped = 0
+        self._outage_logged = False
+        self._draining = False
+        self._drain_failed_at = -1e9
+        self._open_connections()
+        self._closed = False
+        self._listener.start()
+        # Nothing is cached yet, so a slow first connection loses nothing: wait only briefly.
+        self._listener.connected.wait(connect_timeout + 1.0)
+        self._writer = HistoryWriter(
+            self._write_history, maxsize=history_queue, batch_size=history_batch,
+            name=f"mtls-history-writer pg:{schema}",
+        )
+        # Bound directly: recording runs on every request.
+        self.record = self._writer.record  # type: ignore[method-assign]
+        _STORES.add(self)
+
+    def _open_connections(self) -> None:
+        self._pool: ConnectionPool[Any] = ConnectionPool(
+            self._conninfo,
+            kwargs={"autocommit": True, **self._kwargs},
+            check=_check_if_idle,
+            reset=_returned,
+            # Give up on a failing reconnection soon, so that the next request starts a fresh
+            # attempt rather than waiting for an exponential backoff grown during a long outage.
+            reconnect_timeout=max(2.0, self._pool_options["timeout"]),
+            name=f"mtls-pg:{self.schema}",
+            open=False,
+            **self._pool_options,
+        )
+        self._pool.open(wait=False)
+        self._listener = _Listener(
+            self,
+            conninfo=self._conninfo,
+            # Its own name: an operator (or a test) can tell it from the pool's connections.
+            kwargs={**self._kwargs, "application_name": f"mtls listener {self.schema}"},
+            channel=self.channel,
+            interval=self._fallback_interval,
+            reconnect_delay=self._reconnect_delay,
+        )
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self._where!r})"
+
+    def __enter__(self) -> PostgresStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def history_writer(self) -> HistoryWriter:
+        """The login-history writer (its ``waits``, ``written`` and ``lost`` counters)."""
+        return self._writer
+
+    @property
+    def history_backlog(self) -> int:
+        """Login records kept in memory because the database was unreachable."""
+        return len(self._backlog)
+
+    @property
+    def listener_connected(self) -> bool:
+        """Whether the invalidation listener is connected (notifications flow)."""
+        return self._listener.connected.is_set()
+
+    # -- the generation ---------------------------------------------------------------------
+    def _advance(self, value: int) -> None:
+        """The database counter is (at least) ``value``: a new number invalidates."""
+        with self._gen_lock:
+            if value > self._seen:
+                self._seen = value
+                self.generation += 1
+
+    def _sync(self, value: int) -> None:
+        """The database counter *is* ``value`` (read, not notified): any difference invalidates,
+        a lower number too (a database restored from a backup counts again from below)."""
+        with self._gen_lock:
+            if value != self._seen:
+                self._seen = value
+                self.generation += 1
+
+    def _invalidate(self) -> None:
+        with self._gen_lock:
+            self.generation += 1
+
+    def _reconnected(self) -> None:
+        self._invalidate()
+        self._drain_soon()
+
+    def _drain_soon(self) -> None:
+        """Write the outage backlog from a thread of its own (the listener must stay responsive)."""
+        if self._backlog and not self._draining:
+            self._draining = True
+            threading.Thread(target=self._drain_quietly, name="mtls-pg-history-drain", daemon=True).start()
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _migrate(self) -> tuple[int, int]:
+        """Bring the schema to :data:`SCHEMA_VERSION`; return the version found and the counter."""
+        with psycopg.connect(self._conninfo, **self._kwargs) as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"mtls_middleware:{self.schema}",))
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
+            tables = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+                    (self.schema,),
+                )
+            }
+            found = 0
+            if "meta" in tables:
+                row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                if row is None:
+                    raise ConfigurationError(
+                        detail=f"PostgreSQL schema {self.schema} holds another application's tables; "
+                        "give mtls_middleware a schema of its own (schema=...)"
+                    )
+                found = int(row[0])
+            elif tables:
+                raise ConfigurationError(
+                    detail=f"PostgreSQL schema {self.schema} holds another application's tables "
+                    f"({', '.join(sorted(tables)[:5])}); give mtls_middleware a schema of its own"
+                )
+            if found > SCHEMA_VERSION:
+                raise ConfigurationError(
+                    detail=f"PostgreSQL schema {self.schema} has schema version {found}, newer than "
+                    f"this mtls_middleware understands ({SCHEMA_VERSION}); upgrade mtls_middleware"
+                )
+            for version in range(found, SCHEMA_VERSION):
+                for statement in MIGRATIONS[version]:
+                    conn.execute(statement)
+            if found < SCHEMA_VERSION:
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', %s)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (SCHEMA_VERSION,),
+                )
+            row = conn.execute(_READ_GENERATION).fetchone()
+        if found < SCHEMA_VERSION:
+            log.info(
+                "mtls_middleware: PostgreSQL schema %s migrated from version %d to %d",
+                self.schema, found, SCHEMA_VERSION,
+            )
+        return found, int(row[0]) if row else 0
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection; unreachable -> store_unavailable, other driver errors ->
+        internal_error. Either raises the generation (the failure is never served from cache)."""
+        if self._closed:
+            raise MTLSError(Reason.INTERNAL_ERROR, f"the store {self._where} is closed")
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except psycopg.OperationalError as exc:
+            self._invalidate()
+            raise _unavailable(exc, self._where) from exc
+        except psycopg.DataError as exc:
+            raise ConfigurationError(detail=f"PostgreSQL cannot store this value: {exc}") from None
+        except psycopg.Error as exc:
+            self._invalidate()
+            raise MTLSError(Reason.INTERNAL_ERROR, f"PostgreSQL store {self._where}: {exc}") from exc
+
+    def _read(self, query: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        for attempt in range(2):
+            try:
+                with self._connection() as conn:
+                    return conn.execute(query, args).fetchall()
+            except MTLSError as exc:
+                if attempt or not _retryable(exc):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _read_one(self, query: str, args: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        for attempt in range(2):
+            try:
+                with self._connection() as conn:
+                    return conn.execute(query, args).fetchone()
+            except MTLSError as exc:
+                if attempt or not _retryable(exc):
+                    raise
+        raise AssertionError("unreachable")
+
+    @contextlib.contextmanager
+    def _write(self, *, invalidates: bool) -> Iterator[psycopg.Connection[Any]]:
+        """One transaction; ``invalidates`` bumps the counter and notifies in it and, after the
+        commit, raises this process's generation."""
+        published = 0
+        with self._connection() as conn, conn.transaction():
+            yield conn
+            if invalidates:
+                row = conn.execute(_BUMP).fetchone()
+                published = int(row[0]) if row else 0
+                conn.execute("SELECT pg_notify(%s, %s)", (self.channel, str(published)))
+        if published:
+            self._advance(published)
+
+    # -- the pipeline -----------------------------------------------------------------------
+    def resolve_certificate(self, fingerprint: str) -> Principal | None:
+        if _has_nul(fingerprint):
+            return None
+        row = self._read_one(
+            "SELECT u.user_id, u.org, u.active, COALESCE(o.cert_auth, TRUE), u.permissions"
+            " FROM certificates AS c JOIN users AS u ON u.user_id = c.user_id"
+            " LEFT JOIN orgs AS o ON o.org = u.org WHERE c.fingerprint = %s",
+            (fingerprint.lower(),),
+        )
+        return None if row is None else _principal(row)
+
+    def resolve_user(self, user_id: str) -> Principal | None:
+        if _has_nul(user_id):
+            return None  # never stored (PostgreSQL text cannot hold NUL): a hostile SAN maps to nobody
+        row = self._read_one(_RESOLVE + " WHERE u.user_id = %s", (user_id,))
+        return None if row is None else _principal(row)
+
+    # -- organisations ----------------------------------------------------------------------
+    def set_org(self, org: str, *, cert_auth: bool) -> OrgRecord:
+        check_org(org)
+        with self._write(invalidates=True) as conn:
+            conn.execute(
+                "INSERT INTO orgs (org, cert_auth) VALUES (%s, %s)"
+                " ON CONFLICT (org) DO UPDATE SET cert_auth = excluded.cert_auth",
+                (org, bool(cert_auth)),
+            )
+        return OrgRecord(org, bool(cert_auth))
+
+    def list_orgs(self) -> list[OrgRecord]:
+        rows = self._read("SELECT org, cert_auth FROM orgs ORDER BY org")
+        return [OrgRecord(org, bool(on)) for org, on in rows]
+
+    # -- users ------------------------------------------------------------------------------
+    def add_user(
+        self,
+        user_id: str,
+        *,
+        org: str = "default",
+        active: bool = True,
+        permissions: Iterable[str] = (),
+    ) -> UserRecord:
+        check_user_id(user_id)
+        if _has_nul(user_id):
+            raise ManagementError(Reason.UNKNOWN_USER, "a user id cannot contain a NUL character")
+        check_org(org)
+        record = UserRecord(user_id, org, bool(active), check_permissions(permissions))
+        with self._write(invalidates=True) as conn:
+            conn.execute("INSERT INTO orgs (org) VALUES (%s) ON CONFLICT (org) DO NOTHING", (org,))
+            conn.execute(
+                "INSERT INTO users (user_id, org, active, permissions) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (user_id) DO UPDATE SET org = excluded.org, active = excluded.active,"
+                " permissions = excluded.permissions",
+                (user_id, org, record.active, sorted(record.permissions)),
+            )
+            conn.execute(
+                "UPDATE certificates SET org = %s WHERE user_id = %s AND org <> %s", (org, user_id, org)
+            )
+        return record
+
+    def get_user(self, user_id: str) -> UserRecord:
+        row = None if _has_nul(user_id) else self._read_one(_SELECT_USERS + " WHERE user_id = %s", (user_id,))
+        if row is None:
+            raise unknown_user(user_id)
+        return _user(row)
+
+    def list_users(self, *, org: str | None = None) -> list[UserRecord]:
+        if org is None:
+            rows = self._read(_SELECT_USERS + " ORDER BY user_id")
+        elif _has_nul(org):
+            rows = []
+        else:
+            rows = self._read(_SELECT_USERS + " WHERE org = %s ORDER BY user_id", (org,))
+        return [_user(row) for row in rows]
+
+    def _update_user(self, user_id: str, column: str, value: object) -> UserRecord:
+        if _has_nul(user_id):
+            raise unknown_user(user_id)
+        update = sql.SQL(
+            "UPDATE users SET {} = %s WHERE user_id = %s RETURNING user_id, org, active, permissions"
+        )
+        with self._write(invalidates=True) as conn:
+            row = conn.execute(update.format(sql.Identifier(column)), (value, user_id)).fetchone()
+            if row is None:
+                raise unknown_user(user_id)  # rolls back: nothing changed, nothing to invalidate
+        return _user(row)
+
+    def set_user_active(self, user_id: str, active: bool) -> UserRecord:
+        return self._update_user(user_id, "active", bool(active))
+
+    def set_user_permissions(self, user_id: str, permissions: Iterable[str]) -> UserRecord:
+        names = check_permissions(permissions)
+        return self._update_user(user_id, "permissions", sorted(names))
+
+    # -- certificates -----------------------------------------------------------------------
+    def upload_certificate(
+        self,
+        pem: bytes,
+        *,
+        user_id: str,
+        label: str | None = None,
+        uploaded_by: str | None = None,
+    ) -> CertificateRecord:
+        leaf, _chain = check_upload(pem)
+        check_label(label)
+        check_user_id(user_id)
+        with self._write(invalidates=True) as conn:
+            record = self._insert(conn, Upload(pem, user_id, label), leaf, uploaded_by)
+        return record
+
+    def _insert(
+        self,
+        conn: psycopg.Connection[Any],
+        upload: Upload,
+        leaf: x509.Certificate,
+        uploaded_by: str | None,
+    ) -> CertificateRecord:
+        if _has_nul(upload.user_id):
+            raise unknown_user(upload.user_id)
+        if _has_nul(upload.label, uploaded_by):
+            raise ConfigurationError(detail="a label or uploader cannot contain a NUL character")
+        row = conn.execute("SELECT org FROM users WHERE user_id = %s", (upload.user_id,)).fetchone()
+        if row is None:
+            raise unknown_user(upload.user_id)
+        record = record_from_upload(
+            upload.pem, leaf, user_id=upload.user_id, org=row[0], label=upload.label,
+            uploaded_by=uploaded_by,
+        )
+        # No look-before-insert: the primary key decides, also between processes and nodes. The
+        # savepoint keeps the transaction usable after the refusal (a batch goes on).
+        try:
+            with conn.transaction():
+                conn.execute(
+                    _INSERT_CERT,
+                    (
+                        record.fingerprint, record.user_id, record.org, record.label, record.pem,
+                        record.subject, record.issuer, record.serial, record.not_before,
+                        record.not_after, record.uploaded_at, record.uploaded_by,
+                    ),
+                )
+        except psycopg.errors.UniqueViolation:
+            raise duplicate(record.fingerprint) from None
+        return record
+
+    def upload_certificates(
+        self, uploads: Sequence[Upload], *, uploaded_by: str | None = None
+    ) -> list[CertificateRecord]:
+        parsed = check_uploads(uploads)
+        records: list[CertificateRecord] = []
+        refusals: list[tuple[int, MTLSError]] = []
+        with self._write(invalidates=bool(uploads)) as conn:
+            for index, (upload, leaf) in enumerate(zip(uploads, parsed, strict=True)):
+                if isinstance(leaf, MTLSError):
+                    refusals.append((index, leaf))
+                    continue
+                try:
+                    records.append(self._insert(conn, upload, leaf, uploaded_by))
+                except MTLSError as exc:
+                    refusals.append((index, exc))
+            if refusals:
+                raise BatchRefused(refusals, total=len(uploads))  # rolls the whole batch back
+        return records
+
+    def list_certificates(
+        self, *, user_id: str | None = None, org: str | None = None
+    ) -> list[CertificateRecord]:
+        if _has_nul(user_id, org):
+            return []
+        where, args = [], []
+        if user_id is not None:
+            where.append("user_id = %s")
+            args.append(user_id)
+        if org is not None:
+            where.append("org = %s")
+            args.append(org)
+        rows = self._read(_where(_SELECT_CERTS, where) + " ORDER BY seq", args)
+        return [_certificate(row) for row in rows]
+
+    def find_fingerprints(self, prefix: str, *, limit: int = 2) -> list[str]:
+        prefix = prefix.lower()
+        if not prefix or any(c not in "0123456789abcdef" for c in prefix):
+            return []
+        # A range on the primary key ("C" collation): hex digits sort below "g".
+        rows = self._read(
+            "SELECT fingerprint FROM certificates WHERE fingerprint >= %s AND fingerprint < %s"
+            " ORDER BY fingerprint LIMIT %s",
+            (prefix, prefix + "g", max(0, _clamp(limit))),
+        )
+        return [str(row[0]) for row in rows]
+
+    def get_certificate(self, fingerprint: str) -> CertificateRecord:
+        row = None if _has_nul(fingerprint) else self._read_one(
+            _SELECT_CERTS + " WHERE fingerprint = %s", (fingerprint.lower(),)
+        )
+        if row is None:
+            raise not_found(f"certificate {fingerprint}")
+        return _certificate(row)
+
+    def download_certificate(self, fingerprint: str) -> bytes:
+        row = None if _has_nul(fingerprint) else self._read_one(
+            "SELECT pem FROM certificates WHERE fingerprint = %s", (fingerprint.lower(),)
+        )
+        if row is None:
+            raise not_found(f"certificate {fingerprint}")
+        return bytes(row[0])
+
+    def rename_certificate(self, fingerprint: str, label: str) -> CertificateRecord:
+        check_label(label)
+        if _has_nul(label):
+            raise ConfigurationError(detail="a certificate label cannot contain a NUL character")
+        if _has_nul(fingerprint):
+            raise not_found(f"certificate {fingerprint}")
+        with self._write(invalidates=False) as conn:
+            row = conn.execute(
+                "UPDATE certificates SET label = %s WHERE fingerprint = %s RETURNING fingerprint,"
+                " user_id, org, label, pem, subject, issuer, serial, not_before, not_after, uploaded_at,"
+                " uploaded_by",
+                (label, fingerprint.lower()),
+            ).fetchone()
+            if row is None:
+                raise not_found(f"certificate {fingerprint}")
+        return _certificate(row)
+
+    def delete_certificate(self, fingerprint: str) -> None:
+        if _has_nul(fingerprint):
+            raise not_found(f"certificate {fingerprint}")
+        with self._write(invalidates=True) as conn:
+            cursor = conn.execute("DELETE FROM certificates WHERE fingerprint = %s", (fingerprint.lower(),))
+            if cursor.rowcount == 0:
+                raise not_found(f"certificate {fingerprint}")
+
+    # -- history ----------------------------------------------------------------------------
+    def record(self, record: LoginRecord) -> None:  # replaced per instance in __init__
+        self._writer.record(record)
+
+    def _write_history(self, batch: Sequence[LoginRecord]) -> None:
+        """The HistoryWriter's callback: queue ``batch`` behind the outage backlog, write what can
+        be written. Unreachable: keep (bounded), do not raise (the writer would count a loss)."""
+        with self._backlog_lock:
+            self._backlog.extend(batch)
+            excess = len(self._backlog) - self._backlog_limit
+            if excess > 0:
+                for _ in range(excess):
+                    self._backlog.popleft()
+                self.history_dropped += excess
+                log.error(
+                    "mtls_middleware: PostgreSQL unreachable and the history backlog full; %d oldest "
+                    "login records dropped (%d so far)", excess, self.history_dropped,
+                )
+            self._drain_locked()
+
+    def _drain_locked(self, *, force: bool = False) -> bool:
+        """Write the backlog, oldest first; True when it is empty. Hold ``_backlog_lock``.
+
+        Unless ``force``d, it does not even try while the listener is disconnected or soon after
+        a failure: each try could wait ``timeout`` for a connection, and the writer thread must
+        keep emptying the buffer that requests append to (else they would wait for room)."""
+        if not self._backlog:
+            return True
+        if not force and (
+            not self._listener.connected.is_set()
+            or time.monotonic() - self._drain_failed_at < self._reconnect_delay * 2
+        ):
+            return False
+        while self._backlog:
+            chunk = [self._backlog[i] for i in range(min(self._history_batch, len(self._backlog)))]
+            try:
+                with (
+                    self._pool.connection() as conn,
+                    conn.transaction(),
+                    conn.cursor() as cur,
+                    cur.copy(_COPY_HISTORY) as copy,
+                ):
+                    for rec in chunk:
+                        copy.write_row(_history_row(rec))
+            except psycopg.OperationalError as exc:
+                self._drain_failed_at = time.monotonic()
+                if not self._outage_logged:
+                    self._outage_logged = True
+                    log.error(
+                        "mtls_middleware: PostgreSQL unreachable; keeping up to %d login records "
+                        "until it is back (%s)", self._backlog_limit, exc,
+                    )
+                return False
+            except psycopg.Error:
+                # Not an outage: this chunk cannot be written at all; retrying would block the rest.
+                for _ in chunk:
+                    self._backlog.popleft()
+                self.history_dropped += len(chunk)
+                log.exception("mtls_middleware: %d login records could not be written", len(chunk))
+                continue
+            for _ in chunk:
+                self._backlog.popleft()
+            if self._outage_logged:
+                self._outage_logged = False
+                log.warning("mtls_middleware: PostgreSQL is back; the login history backlog is written")
+        return True
+
+    def _drain_quietly(self) -> None:
+        try:
+            with self._backlog_lock:
+                self._drain_locked(force=True)
+        finally:
+            self._draining = False
+
+    def login_history(
+        self,
+        *,
+        user_id: str | None = None,
+        failed_only: bool = False,
+        outcome: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        limit: int | None = 100,
+    ) -> list[LoginRecord]:
+        self.flush(self._pool_options["timeout"] * 2)
+        where: list[str] = []
+        args: list[object] = []
+        if user_id is not None:
+            where.append("user_id = %s")
+            args.append(_clean(user_id))
+        if failed_only:
+            where.append("outcome <> 'accepted'")
+        if outcome is not None:
+            where.append("outcome = %s")
+            args.append(_clean(str(outcome)))
+        if since is not None:
+            where.append("time >= %s")
+            args.append(timestamp(since))
+        if until is not None:
+            where.append("time < %s")
+            args.append(timestamp(until))
+        query = _where(_SELECT_HISTORY, where) + " ORDER BY time DESC, id DESC"
+        if limit is not None:
+            query += " LIMIT %s"
+            args.append(max(0, _clamp(limit)))
+        return [LoginRecord._make(row) for row in self._read(query, args)]
+
+    def prune_history(self, *, older_than: dt.timedelta) -> int:
+        cutoff = history_cutoff(older_than)
+        self.flush(self._pool_options["timeout"] * 2)
+        with self._write(invalidates=False) as conn:
+            removed = conn.execute("DELETE FROM login_history WHERE time < %s", (cutoff,)).rowcount
+        return int(removed)
+
+    # -- audit ------------------------------------------------------------------------------
+    def record_audit(self, entry: AuditEntry) -> AuditEntry:
+        checked = check_audit_entry(entry)
+        with self._write(invalidates=False) as conn:
+            row = conn.execute(
+                "INSERT INTO audit_log (actor, action, target, before, after, time)"
+                " VALUES (%s, %s, %s, %s::jsonb, %s::jsonb, %s) RETURNING id",
+                (
+                    checked.actor, checked.action, checked.target, audit_json(checked.before),
+                    audit_json(checked.after), checked.time,
+                ),
+            ).fetchone()
+        return replace(checked, id=int(row[0]) if row else 0)
+
+    def audit_log(
+        self,
+        *,
+        actor: str | None = None,
+        target: str | None = None,
+        action: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        before_id: int | None = None,
+        limit: int | None = 100,
+    ) -> list[AuditEntry]:
+        if _has_nul(actor, target, action):
+            return []
+        where: list[str] = []
+        args: list[object] = []
+        for column, value in (("actor", actor), ("target", target), ("action", action)):
+            if value is not None:
+                where.append(f"{column} = %s")  # column names from the literal tuple above
+                args.append(str(value))
+        if since is not None:
+            where.append("time >= %s")
+            args.append(_utc(since))
+        if until is not None:
+            where.append("time < %s")
+            args.append(_utc(until))
+        if before_id is not None:
+            where.append("id < %s")
+            args.append(_clamp(before_id))
+        query = _where(_SELECT_AUDIT, where) + " ORDER BY id DESC"
+        if limit is not None:
+            query += " LIMIT %s"
+            args.append(max(0, _clamp(limit)))
+        return [
+            AuditEntry(
+                id=int(row[0]), actor=row[1], action=row[2], target=row[3], before=row[4],
+                after=row[5], time=_utc(row[6]),
+            )
+            for row in self._read(query, args)
+        ]
+
+    # -- life cycle -------------------------------------------------------------------------
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every record recorded so far is stored, the outage backlog included
+        (retrying while the database is unreachable); False if ``timeout`` passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._writer.flush(timeout):
+            return False
+        while self._backlog and not self._closed:
+            wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._backlog_lock.acquire(timeout=wait):
+                return False
+            try:
+                if self._drain_locked(force=True):
+                    return True
+            finally:
+                self._backlog_lock.release()
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            pause = self._reconnect_delay
+            time.sleep(pause if deadline is None else min(pause, max(0.0, deadline - time.monotonic())))
+        return not self._backlog
+
+    def close(self) -> None:
+        """Flush the history, stop the listener and close the pool. Idempotent."""
+        if self._closed:
+            return
+        self._writer.close()
+        with self._backlog_lock:
+            if not self._drain_locked(force=True):
+                self.history_dropped += len(self._backlog)
+                log.error(
+                    "mtls_middleware: closing the PostgreSQL store with the database unreachable: "
+                    "%d login records lost", len(self._backlog),
+                )
+                self._backlog.clear()
+        self._closed = True
+        self._writer.seal()  # requests still in flight must not retry against a closed pool
+        self._listener.stop()
+        self._pool.close(timeout=1.0)
+        self._listener.release(1.0)
+
+    def _after_fork(self) -> None:
+        # The parent's pool, listener thread and their connections belong to the parent.
+        _ABANDONED.append(self._pool)
+        self._listener.abandon()
+        _ABANDONED.append(self._listener)
+        self._gen_lock = threading.Lock()
+        self._backlog_lock = threading.Lock()
+        self._backlog = deque()  # the parent's to write
+        self._draining = False
+        self._invalidate()
+        self._open_connections()
+        self._listener.start()
+
+
+_STORES: weakref.WeakSet[PostgresStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child(stores: Iterable[PostgresStore] = _STORES) -> None:
+    for store in list(stores):
+        if not store._closed:
+            store._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=functools.partial(_after_fork_in_child))

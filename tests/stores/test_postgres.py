@@ -1,0 +1,682 @@
+"""The PostgreSQL store with the real server: migrations, the pool, races decided by the database,
+invalidation across processes (NOTIFY, the fallback re-read, a killed listener) and an outage
+made by cutting a TCP relay between the store and the server (the system server is never
+stopped). The contract suite runs over this store as well (``-k postgresql``)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from werkzeug.test import Client
+
+from mtls_middleware import MTLSConfig
+from mtls_middleware.errors import ConfigurationError, MTLSError, Reason
+from mtls_middleware.history import LoginRecord
+from mtls_middleware.stores import open_store
+from mtls_middleware.testing import Issued, TestPKI
+from mtls_middleware.wsgi import MTLSMiddleware
+from tests.integration.conftest import free_port
+from tests.stores.backend_postgresql import DSN, drop_schemas, new_schema, require_postgres
+
+psycopg = pytest.importorskip("psycopg")
+
+from mtls_middleware.stores.postgres import SCHEMA_VERSION, PostgresStore  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def schema() -> Iterator[str]:
+    require_postgres()
+    name = new_schema()
+    yield name
+    drop_schemas([name])
+
+
+def _url(schema: str, dsn: str = DSN) -> str:
+    return f"{dsn}?schema={schema}"
+
+
+def _sql(query: str, *args: Any, schema: str = "") -> list[tuple[Any, ...]]:
+    """Run ``query`` on the test server; ``{s}`` in it names ``schema``."""
+    from psycopg import sql
+
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        cursor = conn.execute(sql.SQL(query).format(s=sql.Identifier(schema or "public")), args)
+        return cursor.fetchall() if cursor.description else []
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+def _ok(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", [])
+    return [b"ok"]
+
+
+def _environ(leaf: Issued, pki: TestPKI) -> dict[str, str]:
+    return {
+        "SSL_CLIENT_CERT": leaf.cert.public_bytes(serialization.Encoding.PEM).decode(),
+        "SSL_CLIENT_CERT_CHAIN_0": pki.issuing.cert.public_bytes(serialization.Encoding.PEM).decode(),
+        "REMOTE_ADDR": "127.0.0.1",
+    }
+
+
+def _client(store: PostgresStore, pki: TestPKI) -> Client:
+    config = MTLSConfig(trust_roots=[pki.root.cert], store=store, revocation="off")
+    return Client(MTLSMiddleware(_ok, config))
+
+
+def _record(index: int, user: str = "alice") -> LoginRecord:
+    return LoginRecord("accepted", "tls:environ", user_id=user, time=1000.0 + index, peer="192.0.2.1")
+
+
+# -- URLs and start-up ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])
+def test_open_store_takes_postgresql_urls_with_a_schema(scheme: str, schema: str) -> None:
+    store = open_store(_url(schema, DSN.replace("postgresql", scheme, 1)))
+    try:
+        assert isinstance(store, PostgresStore)
+        assert store.schema == schema
+        store.add_user("alice")
+    finally:
+        store.close()
+    assert _sql("SELECT user_id FROM {s}.users", schema=schema) == [("alice",)]
+
+
+def test_a_url_carries_pool_options_and_arguments_win(schema: str) -> None:
+    url = _url(schema) + "&max_size=3&timeout=1.5&fallback_interval=7"
+    with PostgresStore(url) as from_url, PostgresStore(url, max_size=5) as overridden:
+        assert (from_url._pool.max_size, from_url._pool.timeout) == (3, 1.5)
+        assert from_url._fallback_interval == 7.0
+        assert overridden._pool.max_size == 5
+
+
+@pytest.mark.parametrize("option", ["max_size=many", "timeout=soon", "min_size=1.5"])
+def test_a_bad_url_option_is_a_configuration_error(option: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        PostgresStore(f"{DSN}?{option}")
+    assert option.split("=")[0] in info.value.detail
+
+
+@pytest.mark.parametrize("name", ["Upper", "1digit", "semi;colon", "x" * 41, ""])
+def test_a_bad_schema_name_is_refused(name: str) -> None:
+    with pytest.raises(ConfigurationError):
+        PostgresStore(DSN, schema=name)
+
+
+def test_an_unreachable_server_at_start_up_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        PostgresStore(f"postgresql://postgres@127.0.0.1:{free_port()}/test", schema="nowhere")
+    assert "is the server running" in info.value.detail
+
+
+def test_without_psycopg_the_url_says_which_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Uninstalling psycopg is not something a test can do to the venv: hide the module instead.
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    with pytest.raises(ConfigurationError) as info:
+        open_store("postgresql://postgres@127.0.0.1/test")
+    assert "mtls_middleware[postgresql]" in info.value.detail
+
+
+# -- migrations -----------------------------------------------------------------------------------
+
+
+def test_migrates_an_empty_schema_and_reopens_without_migrating(schema: str, alice: Issued) -> None:
+    with PostgresStore(DSN, schema=schema) as store:
+        assert store.schema_version_found == 0
+        store.add_user("alice")
+        store.upload_certificate(alice.chain_pem, user_id="alice")
+    assert _sql("SELECT value FROM {s}.meta WHERE key = 'schema_version'", schema=schema) == [(SCHEMA_VERSION,)]
+    with PostgresStore(DSN, schema=schema) as again:
+        assert again.schema_version_found == SCHEMA_VERSION
+        assert again.download_certificate(alice.fingerprint) == alice.chain_pem
+
+
+def test_concurrent_openers_migrate_once(schema: str) -> None:
+    found: list[int] = []
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        try:
+            with PostgresStore(DSN, schema=schema) as store:
+                found.append(store.schema_version_found)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    assert sorted(found) == [0] + [SCHEMA_VERSION] * 3
+
+
+def test_a_newer_schema_is_refused(schema: str) -> None:
+    PostgresStore(DSN, schema=schema).close()
+    _sql("UPDATE {s}.meta SET value = %s WHERE key = 'schema_version'", SCHEMA_VERSION + 1, schema=schema)
+    with pytest.raises(ConfigurationError) as info:
+        PostgresStore(DSN, schema=schema)
+    assert "upgrade mtls_middleware" in info.value.detail
+
+
+@pytest.mark.parametrize(
+    "setup",
+    [
+        pytest.param("CREATE TABLE {s}.orders (id INT)", id="foreign-table"),
+        pytest.param("CREATE TABLE {s}.meta (key TEXT PRIMARY KEY, value BIGINT)", id="foreign-meta"),
+    ],
+)
+def test_a_schema_of_another_application_is_refused(schema: str, setup: str) -> None:
+    _sql("CREATE SCHEMA {s}", schema=schema)
+    _sql(setup, schema=schema)
+    with pytest.raises(ConfigurationError) as info:
+        PostgresStore(DSN, schema=schema)
+    assert "another application" in info.value.detail
+
+
+def test_pem_is_stored_as_bytea_byte_for_byte(schema: str, bob: Issued) -> None:
+    pem = b"# a comment the uploader kept\r\n" + bob.chain_pem + b"\n\n"
+    with PostgresStore(DSN, schema=schema) as store:
+        store.add_user("bob")
+        store.upload_certificate(pem, user_id="bob")
+    ((stored, kind),) = _sql("SELECT pem, pg_typeof(pem)::text FROM {s}.certificates", schema=schema)
+    assert (bytes(stored), kind) == (pem, "bytea")
+
+
+# -- the pool -------------------------------------------------------------------------------------
+
+
+def test_lookups_from_many_threads_share_a_bounded_pool(schema: str, alice: Issued) -> None:
+    with PostgresStore(DSN, schema=schema, min_size=1, max_size=2) as store:
+        store.add_user("alice")
+        store.upload_certificate(alice.chain_pem, user_id="alice")
+        answers: list[object] = []
+
+        def lookups() -> None:
+            for _ in range(20):
+                answers.append(store.resolve_certificate(alice.fingerprint))
+
+        threads = [threading.Thread(target=lookups) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert len(answers) == 160
+        assert all(a is not None for a in answers)
+        backends = _sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", f"mtls {schema}")
+        assert 1 <= backends[0][0] <= 2
+
+
+def test_a_pooled_connection_killed_by_the_server_is_replaced_unseen(schema: str, alice: Issued) -> None:
+    with PostgresStore(DSN, schema=schema, min_size=1, max_size=1) as store:
+        store.add_user("alice")
+        store.upload_certificate(alice.chain_pem, user_id="alice")
+        killed = _sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            f"mtls {schema}",
+        )
+        assert killed == [(True,)]
+        assert store.resolve_certificate(alice.fingerprint) is not None
+
+
+# -- races between processes ----------------------------------------------------------------------
+
+
+def _python(script: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script), *args],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _finish(proc: subprocess.Popen[str]) -> str:
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    return out
+
+
+RACER = """
+    import sys
+    from mtls_middleware.errors import MTLSError
+    from mtls_middleware.stores import open_store
+    url, directory, rounds, user = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    store = open_store(url)
+    pems = [open(f"{directory}/cert-{index}.pem", "rb").read() for index in range(rounds)]
+    print("ready", flush=True)
+    for index in range(rounds):
+        sys.stdin.readline()  # both racers are released by one write of the parent
+        try:
+            store.upload_certificate(pems[index], user_id=user)
+            print(index, "ok", flush=True)
+        except MTLSError as exc:
+            print(index, exc.reason.value, flush=True)
+    store.close()
+"""
+
+
+def test_two_processes_racing_to_upload_one_certificate(schema: str, tmp_path: Path, pki: TestPKI) -> None:
+    rounds = 4
+    with PostgresStore(DSN, schema=schema) as store:
+        store.add_user("p0", org="one")
+        store.add_user("p1", org="two")
+    for index in range(rounds):
+        (tmp_path / f"cert-{index}.pem").write_bytes(pki.issue_client(f"raced{index}").chain_pem)
+    racers = [_python(RACER, _url(schema), str(tmp_path), str(rounds), f"p{n}") for n in range(2)]
+    try:
+        for proc in racers:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "ready"
+        outcomes: list[list[str]] = []
+        for index in range(rounds):
+            for proc in racers:
+                assert proc.stdin is not None
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+            lines = [proc.stdout.readline().split() for proc in racers if proc.stdout is not None]
+            assert [line[0] for line in lines] == [str(index)] * 2
+            outcomes.append(sorted(line[1] for line in lines))
+    finally:
+        for proc in racers:
+            _finish(proc)
+    assert outcomes == [["duplicate_certificate", "ok"]] * rounds
+    with PostgresStore(DSN, schema=schema) as store:
+        assert len(store.list_certificates()) == rounds
+
+
+# -- invalidation across processes ----------------------------------------------------------------
+
+# A worker: its own store and middleware; it serves the certificate until refused. The fallback
+# re-read is 60 s away, so only a notification can refuse it within the test's wait.
+WORKER = """
+    import json, sys, time
+    from werkzeug.test import Client
+    from mtls_middleware import MTLSConfig
+    from mtls_middleware.stores.postgres import PostgresStore
+    from mtls_middleware.wsgi import MTLSMiddleware
+    url, materials = sys.argv[1], json.load(open(sys.argv[2]))
+    store = PostgresStore(url, fallback_interval=60.0)
+    def ok(environ, start_response):
+        start_response("200 OK", [])
+        return [b"ok"]
+    config = MTLSConfig(trust_roots=materials["root"], store=store, revocation="off")
+    client = Client(MTLSMiddleware(ok, config))
+    environ = materials["environ"]
+    statuses = [client.get("/", environ_overrides=environ).status_code for _ in range(3)]
+    print("ready", *statuses, flush=True)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        response = client.get("/", environ_overrides=environ)
+        if response.status_code != 200:
+            print(repr(time.time()), response.json["error"], flush=True)
+            break
+        time.sleep(0.001)
+    else:
+        print("never-refused", "-", flush=True)
+    store.close()
+"""
+
+CHANGER = """
+    import sys, time
+    from mtls_middleware.stores.postgres import PostgresStore
+    url, change, fingerprint = sys.argv[1:4]
+    store = PostgresStore(url)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    started = time.time()
+    if change == "delete":
+        store.delete_certificate(fingerprint)
+    elif change == "deactivate":
+        store.set_user_active("alice", False)
+    else:
+        store.set_org("acme", cert_auth=False)
+    print(repr(started), repr(time.time()), store.resolve_certificate(fingerprint) is not None, flush=True)
+    store.close()
+"""
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        pytest.param("delete", "unknown_certificate", id="certificate-deleted"),
+        pytest.param("deactivate", "user_inactive", id="user-deactivated"),
+        pytest.param("org-off", "certificate_auth_disabled", id="org-switched-off"),
+    ],
+)
+def test_a_change_in_one_worker_process_is_refused_by_another(
+    schema: str, tmp_path: Path, pki: TestPKI, alice: Issued, change: str, reason: str
+) -> None:
+    import json
+
+    with PostgresStore(DSN, schema=schema) as store:
+        store.add_user("alice", org="acme")
+        store.upload_certificate(alice.chain_pem, user_id="alice")
+    materials = tmp_path / "materials.json"
+    root = tmp_path / "root.pem"
+    root.write_bytes(pki.root.cert.public_bytes(serialization.Encoding.PEM))
+    materials.write_text(json.dumps({"root": str(root), "environ": _environ(alice, pki)}))
+    worker = _python(WORKER, _url(schema), str(materials))
+    changer = _python(CHANGER, _url(schema), change, alice.fingerprint)
+    try:
+        assert worker.stdout is not None
+        assert changer.stdout is not None
+        assert changer.stdin is not None
+        assert worker.stdout.readline().split() == ["ready", "200", "200", "200"]  # then from cache
+        assert changer.stdout.readline().strip() == "ready"
+        changer.stdin.write("go\n")
+        changer.stdin.flush()
+        started, committed, _ = changer.stdout.readline().split()
+        refused_at, error = worker.stdout.readline().split()
+    finally:
+        _finish(worker)
+        _finish(changer)
+    assert error == reason
+    print(
+        f"\n{change}: refused by the other worker {(float(refused_at) - float(started)) * 1000:.1f} ms "
+        f"after the call started, {(float(refused_at) - float(committed)) * 1000:.1f} ms after it returned"
+    )
+
+
+def test_a_change_without_a_notification_is_seen_by_the_fallback_re_read(schema: str) -> None:
+    with PostgresStore(DSN, schema=schema, fallback_interval=0.5) as store:
+        store.add_user("alice")
+        before = store.generation
+        # What a lost message looks like: the counter moves, nobody is told.
+        _sql("UPDATE {s}.meta SET value = value + 1 WHERE key = 'generation'", schema=schema)
+        assert _wait_for(lambda: store.generation != before, 5.0)
+
+
+def test_a_killed_listener_drops_cached_verdicts_and_reconnects(
+    schema: str, pki: TestPKI, alice: Issued
+) -> None:
+    with PostgresStore(DSN, schema=schema, fallback_interval=60.0, reconnect_delay=0.1) as store:
+        store.add_user("alice", org="acme")
+        store.upload_certificate(alice.chain_pem, user_id="alice")
+        client = _client(store, pki)
+        assert client.get("/", environ_overrides=_environ(alice, pki)).status_code == 200
+        before = store.generation
+        killed = _sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            f"mtls listener {schema}",
+        )
+        assert killed == [(True,)]
+        assert _wait_for(lambda: store._listener.reconnections == 1 and store.listener_connected)
+        assert store.generation != before
+        # Back to notifications: another store's delete is refused here without the fallback.
+        with PostgresStore(DSN, schema=schema) as other:
+            other.delete_certificate(alice.fingerprint)
+        assert _wait_for(
+            lambda: client.get("/", environ_overrides=_environ(alice, pki)).status_code == 403, 5.0
+        )
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_uses_connections_of_its_own(schema: str, alice: Issued) -> None:
+    with PostgresStore(DSN, schema=schema) as store:
+        store.add_user("alice")
+        store.record(_record(0))
+        assert store.flush(10)
+        pid = os.fork()
+        if pid == 0:  # the child must not touch the parent's connections or threads
+            code = 1
+            try:
+                for index in range(1, 6):
+                    store.record(_record(index, "child"))
+                store.upload_certificate(alice.chain_pem, user_id="alice")
+                store.close()
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        # The parent's connections survived the child's exit.
+        assert store.resolve_certificate(alice.fingerprint) is not None
+        assert len(store.login_history(user_id="child")) == 5
+        assert store.listener_connected
+
+
+# -- PostgreSQL unreachable: a relay we can cut ---------------------------------------------------
+
+
+class Relay:
+    """A TCP relay from a local port to the PostgreSQL server; ``cut`` closes it (listener and
+    every relayed connection), ``restore`` listens again on the same port; while ``frozen`` it
+    keeps every connection open and swallows what it reads (a server that hangs: TCP itself
+    stays healthy, so only a deadline of the client's own can tell)."""
+
+    def __init__(self, target: tuple[str, int] = ("127.0.0.1", 5432)) -> None:
+        self.target = target
+        self.port = free_port()
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._server: socket.socket | None = None
+        self.frozen = False
+        self.restore()
+
+    def restore(self) -> None:
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(32)
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def cut(self) -> None:
+        with self._lock:
+            server, self._server = self._server, None
+            sockets, self._sockets = self._sockets, []
+        for sock in [server, *sockets]:
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                if self._server is not server:
+                    client.close()
+                    upstream.close()
+                    return
+                self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if not self.frozen:
+                    sink.sendall(data)
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture
+def relay() -> Iterator[Relay]:
+    require_postgres()
+    relay = Relay()
+    yield relay
+    relay.cut()
+
+
+def _through(relay: Relay, schema: str, **options: Any) -> PostgresStore:
+    options = {"timeout": 1.0, "fallback_interval": 1.0, "reconnect_delay": 0.1, **options}
+    return PostgresStore(f"postgresql://postgres@127.0.0.1:{relay.port}/test", schema=schema, **options)
+
+
+def test_an_outage_gives_503_keeps_the_history_and_recovers_without_restart(
+    relay: Relay, schema: str, pki: TestPKI, alice: Issued
+) -> None:
+    store = _through(relay, schema)
+    try:
+        store.add_user("alice", org="acme")
+        store.upload_certificate(alice.chain_pem, user_id="alice")
+        client = _client(store, pki)
+        environ = _environ(alice, pki)
+        assert client.get("/", environ_overrides=environ).status_code == 200
+        assert client.get("/", environ_overrides=environ).status_code == 200  # cached
+
+        relay.cut()
+        assert _wait_for(lambda: not store.listener_connected)
+        outage = [client.get("/", environ_overrides=environ) for _ in range(3)]
+        # Fail closed: the cached verdict is not served while deletions elsewhere go unheard.
+        assert [r.status_code for r in outage] == [503] * 3
+        assert {(r.json or {}).get("error") for r in outage} == {"store_unavailable"}
+        with pytest.raises(MTLSError) as info:
+            store.delete_certificate(alice.fingerprint)
+        assert info.value.reason is Reason.STORE_UNAVAILABLE
+        assert store.flush(0.5) is False  # the records wait in the outage backlog
+
+        statuses = [200, 200] + [r.status_code for r in outage]
+
+        def answered() -> bool:
+            statuses.append(client.get("/", environ_overrides=environ).status_code)
+            return statuses[-1] == 200
+
+        relay.restore()
+        assert _wait_for(answered, 15.0)
+        assert store.flush(10)
+        # Every attempt, made before, during and after the outage, is in the history once.
+        outcomes = [r.outcome for r in store.login_history(limit=None)]
+        assert outcomes.count("store_unavailable") == statuses.count(503)
+        assert outcomes.count("accepted") == statuses.count(200)
+        assert len(outcomes) == len(statuses)
+        assert store.history_dropped == 0
+        assert store.history_writer.lost == 0
+    finally:
+        store.close()
+
+
+def test_a_server_that_stops_answering_drops_cached_verdicts_within_the_bound(
+    relay: Relay, schema: str, pki: TestPKI, alice: Issued
+) -> None:
+    store = _through(relay, schema, fallback_interval=0.5)
+    try:
+        store.add_user("alice", org="acme")
+        store.upload_certificate(alice.chain_pem, user_id="alice")
+        client = _client(store, pki)
+        assert client.get("/", environ_overrides=_environ(alice, pki)).status_code == 200
+        assert store.listener_connected
+        before = store.generation
+        relay.frozen = True
+        # The re-read gets no answer: the listener gives up after fallback_interval, drops the
+        # cached verdicts and keeps trying. (Without its deadline it would wait forever.)
+        assert _wait_for(lambda: not store.listener_connected, 5.0)
+        assert store.generation != before
+    finally:
+        relay.cut()  # frees the requests and the pool's connections that wait on the frozen relay
+        store.close()
+
+
+def test_an_outage_longer_than_the_backlog_loses_a_counted_number_of_records(
+    relay: Relay, schema: str
+) -> None:
+    store = _through(relay, schema, history_backlog=5, history_batch=2)
+    try:
+        relay.cut()
+        assert _wait_for(lambda: not store.listener_connected)
+        for index in range(8):
+            store.record(_record(index))
+        store.history_writer.flush(10)
+        assert store.history_backlog == 5
+        assert store.history_dropped == 3
+        relay.restore()
+        assert _wait_for(lambda: store.listener_connected, 15.0)
+        assert store.flush(10)
+        kept = sorted(r.time for r in store.login_history(limit=None))
+        assert kept == [1003.0, 1004.0, 1005.0, 1006.0, 1007.0]  # the oldest went first
+    finally:
+        store.close()
+
+
+def test_history_written_during_an_outage_arrives_once_and_in_order(relay: Relay, schema: str) -> None:
+    store = _through(relay, schema)
+    try:
+        store.record(_record(0))
+        assert store.flush(10)
+        relay.cut()
+        assert _wait_for(lambda: not store.listener_connected)
+        for index in range(1, 201):
+            store.record(_record(index))
+        relay.restore()
+        # Nobody calls flush or records more: the listener's reconnection writes the backlog.
+        assert _wait_for(lambda: store.history_backlog == 0 and store.history_writer.pending == 0, 15.0)
+        times = [r.time for r in store.login_history(limit=None)]
+        assert times == [1000.0 + i for i in range(200, -1, -1)]
+    finally:
+        store.close()
+
+
+def test_nul_characters_never_reach_postgresql_as_errors(schema: str) -> None:
+    # PostgreSQL text cannot hold NUL; a hostile certificate can still carry one (a SAN mapped to
+    # a user id, a subject in the history): lookups find nobody, records are kept, nothing raises.
+    with PostgresStore(DSN, schema=schema) as store:
+        store.add_user("alice")
+        assert store.resolve_user("alice\x00") is None
+        with pytest.raises(MTLSError) as info:
+            store.get_user("alice\x00")
+        assert info.value.reason is Reason.UNKNOWN_USER
+        with pytest.raises(MTLSError) as info:
+            store.add_user("eve\x00")
+        assert info.value.reason is Reason.UNKNOWN_USER
+        store.record(LoginRecord("unknown_certificate", "tls:environ", subject="CN=a\x00b", time=5.0))
+        assert [r.subject for r in store.login_history()] == ["CN=a\\x00b"]
+        assert store.history_dropped == 0
+
+
+def test_naive_and_aware_datetimes_filter_the_history_alike(schema: str) -> None:
+    with PostgresStore(DSN, schema=schema) as store:
+        for index in range(3):
+            store.record(_record(index))
+        naive = dt.datetime(1970, 1, 1, 0, 16, 41)
+        assert [r.time for r in store.login_history(since=naive)] == [1002.0, 1001.0]
+        assert [r.time for r in store.login_history(since=naive.replace(tzinfo=dt.timezone.utc))] == [
+            1002.0, 1001.0,
+        ]
+
+
+def test_a_counter_that_went_back_is_a_change_too(schema: str) -> None:
+    # A database restored from a backup: the counter is lower than the one this process saw.
+    with PostgresStore(DSN, schema=schema, fallback_interval=0.5) as store:
+        store.add_user("alice")
+        store.add_user("bob")
+        before = store.generation
+        _sql("UPDATE {s}.meta SET value = 1 WHERE key = 'generation'", schema=schema)
+        assert _wait_for(lambda: store.generation != before, 5.0)
