@@ -34,10 +34,11 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import header, make_setup, verdict
+from _common import Setup, header, make_setup, verdict
 from apps import STATS_PATH
 
 HERE = Path(__file__).resolve().parent
@@ -71,17 +72,30 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(name: str, app: str, env: dict[str, str], workdir: Path) -> Server:
-    """gunicorn, sync worker, one worker, on a free loopback port; waits until it answers."""
+def start_server(
+    name: str,
+    app: str,
+    env: dict[str, str],
+    workdir: Path,
+    *,
+    workers: int = 1,
+    options: Sequence[str] = (),
+    timeout: float = 20.0,
+) -> Server:
+    """gunicorn, sync workers (one unless told), on a free loopback port; waits until it answers.
+
+    ``options`` go to gunicorn as they are; ``timeout`` is how long it may take to answer.
+    """
     for _attempt in range(3):  # a free port may be taken between asking and binding
         port = free_port()
         log = workdir / f"{name}.log"
         command = [
             sys.executable, "-m", "gunicorn",
-            "--worker-class", "sync", "--workers", "1",
+            "--worker-class", "sync", "--workers", str(workers),
             "--bind", f"{HOST}:{port}",
             "--chdir", str(HERE),
             "--log-level", "warning",
+            *options,
             *CONTROL_SOCKET_OFF,
             "--error-logfile", str(log),
             app,
@@ -89,7 +103,7 @@ def start_server(name: str, app: str, env: dict[str, str], workdir: Path) -> Ser
         with open(os.devnull, "wb") as devnull:
             process = subprocess.Popen(command, env=env, stdout=devnull, stderr=subprocess.STDOUT)
         server = Server(name, port, process, log)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 break
@@ -104,6 +118,23 @@ def start_server(name: str, app: str, env: dict[str, str], workdir: Path) -> Ser
             raise SystemExit(f"gunicorn ({name}) did not start:\n{text[-2000:]}")
     raise SystemExit(f"gunicorn ({name}): no free port after 3 attempts")
 
+
+
+def server_env(setup: Setup, workdir: Path) -> dict[str, str]:
+    """The environment of the benchmark apps' gunicorn: the PKI and alice's certificate, written
+    to ``workdir``, and this checkout importable."""
+    (workdir / "root.pem").write_bytes(setup.pki.root_pem)
+    (workdir / "intermediates.pem").write_bytes(setup.pki.issuing.cert_pem)
+    (workdir / "alice.pem").write_bytes(setup.leaf.cert_pem)
+    env = dict(os.environ)
+    env.update(
+        MTLS_BENCH_ROOT=str(workdir / "root.pem"),
+        MTLS_BENCH_INTERMEDIATES=str(workdir / "intermediates.pem"),
+        MTLS_BENCH_CERT=str(workdir / "alice.pem"),
+        MTLS_BENCH_TRUSTED_PROXY=HOST,
+        PYTHONPATH=os.pathsep.join(p for p in (str(HERE.parent), env.get("PYTHONPATH")) if p),
+    )
+    return env
 
 def stop_server(server: Server) -> None:
     """SIGTERM to the gunicorn master we started (it stops its worker), then wait; kill if stuck."""
@@ -215,6 +246,26 @@ def run_python(port: int, headers: dict[str, str], *, connections: int, duration
     return Load((ok + bad) / elapsed, ok + bad, bad, "python")
 
 
+
+def load_generator(
+    args: argparse.Namespace, headers: dict[str, str]
+) -> tuple[bool, Callable[[int, float], Load]]:
+    """The load of ``--loadgen`` (wrk when it is installed, unless ``python``; ``wrk`` without it
+    is an error), ``--threads`` and ``--connections``, every request with ``headers``: whether
+    wrk makes it, and a function that puts it on a port for some seconds."""
+    wrk = shutil.which("wrk")
+    if args.loadgen == "wrk" and wrk is None:
+        raise SystemExit("wrk is not installed (apt-get install wrk)")
+    use_wrk = wrk is not None and args.loadgen != "python"
+
+    def load(port: int, seconds: float) -> Load:
+        if wrk is not None and use_wrk:
+            return run_wrk(wrk, port, headers, threads=args.threads, connections=args.connections,
+                           duration=seconds)  # fmt: skip
+        return run_python(port, headers, connections=args.connections, duration=seconds)
+
+    return use_wrk, load
+
 def sequential_pairs(
     ports: tuple[int, int], headers: dict[str, str], pairs: int
 ) -> list[tuple[float, float]]:
@@ -268,39 +319,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
     args = parser.parse_args(argv)
 
-    wrk = shutil.which("wrk")
-    if args.loadgen == "wrk" and wrk is None:
-        raise SystemExit("wrk is not installed (apt-get install wrk)")
-    use_wrk = wrk is not None and args.loadgen != "python"
-
     header("over HTTP: gunicorn (sync, 1 worker) serving the bare app vs the app behind the middleware")
     setup = make_setup("ec")
     proxy_headers = {"X-SSL-Client-Cert": setup.escaped_leaf, "X-SSL-Client-Verify": "SUCCESS"}
+    use_wrk, load = load_generator(args, proxy_headers)
     gen = "wrk" if use_wrk else "python asyncio client"
     print(f"# load: {gen}, {args.connections} connections"
           f"{f', {args.threads} threads' if use_wrk else ''}, {args.duration:g} s per run, "
           f"{args.runs} runs per server, alternating", flush=True)
 
-    def load(port: int, seconds: float) -> Load:
-        if use_wrk:
-            return run_wrk(wrk, port, proxy_headers, threads=args.threads,  # type: ignore[arg-type]
-                           connections=args.connections, duration=seconds)
-        return run_python(port, proxy_headers, connections=args.connections, duration=seconds)
-
     servers: list[Server] = []
     with tempfile.TemporaryDirectory(prefix="mtls-bench-") as tmp:
         workdir = Path(tmp)
-        (workdir / "root.pem").write_bytes(setup.pki.root_pem)
-        (workdir / "intermediates.pem").write_bytes(setup.pki.issuing.cert_pem)
-        (workdir / "alice.pem").write_bytes(setup.leaf.cert_pem)
-        env = dict(os.environ)
-        env.update(
-            MTLS_BENCH_ROOT=str(workdir / "root.pem"),
-            MTLS_BENCH_INTERMEDIATES=str(workdir / "intermediates.pem"),
-            MTLS_BENCH_CERT=str(workdir / "alice.pem"),
-            MTLS_BENCH_TRUSTED_PROXY=HOST,
-            PYTHONPATH=os.pathsep.join(p for p in (str(HERE.parent), env.get("PYTHONPATH")) if p),
-        )
+        env = server_env(setup, workdir)
         try:
             bare = start_server("bare", "apps:bare_app()", env, workdir)
             servers.append(bare)

@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import http.server
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from _common import header, interleave, make_setup, verdict
+from _common import QuietHandler, header, interleave, make_setup, serve_in_background, verdict
 from bench_cached_path import start_response, wsgi_env_factory
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
@@ -51,7 +49,7 @@ class Responder:
         self.requests = 0
         outer = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 self._answer()
@@ -74,17 +72,9 @@ class Responder:
                     .sign(issuer.key, hashes.SHA256())  # type: ignore[arg-type]
                     .public_bytes(serialization.Encoding.DER)
                 )
-                self.send_response(200)
-                self.send_header("Content-Type", "application/ocsp-response")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.send_body("application/ocsp-response", body)
 
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = serve_in_background(Handler)
 
     @property
     def url(self) -> str:

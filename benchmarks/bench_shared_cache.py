@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import http.server
 import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 
-from _common import header, interleave, make_setup
+from _common import QuietHandler, header, interleave, make_setup, serve_in_background
 from bench_revocation_cached import Responder
 
 from mtls_middleware.revocation.crl import CRLSource
@@ -65,19 +63,11 @@ class Static:
     """Serves one body at every path (the CRL server)."""
 
     def __init__(self, body: bytes) -> None:
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "application/pkix-crl")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.send_body("application/pkix-crl", body)
 
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = serve_in_background(Handler)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}{path}"

@@ -31,10 +31,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,15 +40,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import bench_http
 from _common import OtherLoad, Setup, header, make_setup
 from bench_http import (
-    CONTROL_SOCKET_OFF,
     Load,
     Server,
     cpu_seconds,
-    free_port,
-    run_python,
-    run_wrk,
+    load_generator,
+    server_env,
     stop_server,
     worker_pids,
 )
@@ -64,34 +60,10 @@ HOST = "127.0.0.1"
 
 
 def start_server(name: str, app: str, workers: int, env: dict[str, str], workdir: Path) -> Server:
-    """gunicorn, sync workers, on a free loopback port; waits until every worker answers."""
-    port = free_port()
-    log = workdir / f"{name}.log"
-    command = [
-        sys.executable, "-m", "gunicorn",
-        "--worker-class", "sync", "--workers", str(workers),
-        "--bind", f"{HOST}:{port}",
-        "--chdir", str(HERE),
-        "--log-level", "warning",
-        "--graceful-timeout", "5",
-        *CONTROL_SOCKET_OFF,
-        "--error-logfile", str(log),
-        app,
-    ]  # fmt: skip
-    with open(os.devnull, "wb") as devnull:
-        process = subprocess.Popen(command, env=env, stdout=devnull, stderr=subprocess.STDOUT)
-    server = Server(name, port, process, log)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
-        try:
-            with socket.create_connection((HOST, port), timeout=0.5):
-                return server
-        except OSError:
-            time.sleep(0.1)
-    stop_server(server)
-    raise SystemExit(f"gunicorn ({name}) did not start:\n{log.read_text(errors='replace')[-2000:]}")
+    """gunicorn with ``workers`` sync workers, on a free loopback port; waits until it answers."""
+    return bench_http.start_server(
+        name, app, env, workdir, workers=workers, options=("--graceful-timeout", "5"), timeout=30
+    )
 
 
 @dataclass
@@ -204,30 +176,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
     args = parser.parse_args(argv)
     counts = [int(n) for n in args.workers.split(",") if n]
-    wrk = shutil.which("wrk")
-    use_wrk = wrk is not None and args.loadgen != "python"
 
     header("gunicorn with 1, 2, 4 sync workers: the bare app vs the middleware over each store; deletions")
     setup = make_setup("ec")
     proxy_headers = {"X-SSL-Client-Cert": setup.escaped_leaf, "X-SSL-Client-Verify": "SUCCESS"}
+    use_wrk, load = load_generator(args, proxy_headers)
     print(f"# load: {'wrk' if use_wrk else 'python asyncio client'} over plain HTTP to gunicorn, playing "
           f"nginx; {args.connections} connections, {args.duration:g} s per run, {args.runs} runs per "
           "server, alternating", flush=True)
-
-    def load(port: int, seconds: float) -> Load:
-        if use_wrk:
-            return run_wrk(wrk, port, proxy_headers, threads=args.threads,  # type: ignore[arg-type]
-                           connections=args.connections, duration=seconds)
-        return run_python(port, proxy_headers, connections=args.connections, duration=seconds)
 
     summary: list[str] = []
     stores: dict[str, object] = {}
     pg_schema: str | None = None
     with tempfile.TemporaryDirectory(prefix="mtls-bench-workers-") as tmp:
         workdir = Path(tmp)
-        (workdir / "root.pem").write_bytes(setup.pki.root_pem)
-        (workdir / "intermediates.pem").write_bytes(setup.pki.issuing.cert_pem)
-        (workdir / "alice.pem").write_bytes(setup.leaf.cert_pem)
         urls = {"memory": "memory://", "sqlite": f"sqlite:///{workdir / 'mtls.db'}"}
         if args.postgresql:
             pg_schema = f"mtls_bench_{os.getpid()}"
@@ -238,14 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                 stores[kind] = store = open_store(urls[kind])
                 store.add_user("alice")
                 store.upload_certificate(setup.leaf.cert_pem, user_id="alice")
-        env = dict(os.environ)
-        env.update(
-            MTLS_BENCH_ROOT=str(workdir / "root.pem"),
-            MTLS_BENCH_INTERMEDIATES=str(workdir / "intermediates.pem"),
-            MTLS_BENCH_CERT=str(workdir / "alice.pem"),
-            MTLS_BENCH_TRUSTED_PROXY=HOST,
-            PYTHONPATH=os.pathsep.join(p for p in (str(HERE.parent), env.get("PYTHONPATH")) if p),
-        )
+        env = server_env(setup, workdir)
         try:
             for workers in counts:
                 summary += measure_workers(workers, urls, env, workdir, load, args.runs, args.duration,

@@ -311,6 +311,14 @@ def _run(channel: _Channel) -> None:
             marker.done.set()
         with channel.room:
             channel.room.notify_all()
+        if not markers and len(batch) < channel.batch_size and not channel.stopping:
+            # The buffer was drained: let the next batch gather for an interval instead of writing
+            # at once the few records that arrived during this write. Each write has a fixed cost
+            # (a transaction, a round trip) and takes the GIL from the request threads; against a
+            # remote database, writing whatever arrived meanwhile made batches of 2-3 records.
+            # A flush, a full buffer or close() sets ``wake`` and ends the wait early.
+            wake.wait(channel.interval)
+            wake.clear()
 
 
 def _take_all(buf: deque[LoginRecord | _Flush]) -> list[LoginRecord | _Flush]:
@@ -335,7 +343,9 @@ class HistoryWriter:
     ``record`` *blocks* until the writer has made room, and counts that in :attr:`waits`. Nothing
     is dropped silently.
 
-    The thread takes up to ``batch_size`` records at a time and hands them to ``write_batch``. A
+    The thread takes up to ``batch_size`` records at a time and hands them to ``write_batch``; after
+    a batch that emptied the buffer it waits ``interval`` seconds (less if flushed, closed or full)
+    before the next, so a sink gets one batch per interval, not one per few records. A
     failing ``write_batch`` is logged (logger ``"mtls_middleware"``) and retried ``retries`` times
     with a doubling delay; a batch that still fails is logged as lost and counted in :attr:`lost`.
 

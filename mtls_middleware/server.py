@@ -63,7 +63,6 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from http import HTTPStatus
-from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Final, cast
 
 from cryptography import x509
@@ -827,12 +826,7 @@ class TLSServer:
     def __enter__(self) -> TLSServer:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.shutdown()
 
 

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mtls_middleware import ENVIRON_KEY, Identity, MemoryHistory, MemoryStore, MTLSConfig, Reason
+from mtls_middleware.admin.rest import serve_lifespan
 from mtls_middleware.asgi import WEBSOCKET_POLICY_VIOLATION, MTLSMiddleware
 from mtls_middleware.testing import Issued, TestPKI
 
@@ -59,13 +60,7 @@ class EchoApp:
             await send({"type": "websocket.send", "text": json.dumps({"user": user})})
             await send({"type": "websocket.close", "code": 1000})
         elif scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await serve_lifespan(receive, send)
 
 
 def run(app: Any, scope: dict[str, Any], inbox: list[Message]) -> list[Message]:

@@ -24,7 +24,6 @@ import http.server
 import threading
 import urllib.parse
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TypeVar
 
 from cryptography import x509
@@ -126,12 +125,7 @@ class _LoopbackService:
     def __enter__(self: _S) -> _S:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     def _count(self) -> None:

@@ -26,18 +26,16 @@ from cryptography import x509
 from ..certs import fingerprint, parse_chain
 from ..config import _load_certificates
 from ..errors import ConfigurationError, ManagementError, MTLSError, Reason
-from ..history import ACCEPTED, LoginRecord
+from ..history import ACCEPTED
 from ..revocation.checker import RevocationChecker, RevocationPolicy
 from ..stores import open_store
 from ..stores.base import (
     KNOWN_PERMISSIONS,
     BatchRefused,
-    CertificateRecord,
-    OrgRecord,
     Store,
-    UserRecord,
 )
 from ..validation import ValidationPolicy, Validator
+from ._shapes import cert_json, iso, login_json, org_json, user_json
 from .csvio import CsvFormatError, CsvRow, export_csv, parse_import, refused_rows
 
 __all__ = ["DEFAULT_DB", "main"]
@@ -509,14 +507,6 @@ class _Result:
     to_stderr: bool = False  # when standard output carries data (export to "-")
 
 
-def _iso(moment: dt.datetime | None) -> str | None:
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
-    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _printable(text: object) -> str:
     # Labels and history details come from users and CSV files: keep terminal escapes out.
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in str(text))
@@ -535,53 +525,6 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[object]], empty: str)
 
 def _short(fp: str | None) -> str | None:
     return fp[:_FINGERPRINT_SHOWN] if fp else fp
-
-
-def _user_json(user: UserRecord) -> dict[str, Any]:
-    return {
-        "user_id": user.user_id,
-        "org": user.org,
-        "active": user.active,
-        "permissions": sorted(user.permissions),
-    }
-
-
-def _org_json(org: OrgRecord) -> dict[str, Any]:
-    return {"org": org.org, "cert_auth": org.cert_auth}
-
-
-def _cert_json(cert: CertificateRecord) -> dict[str, Any]:
-    return {
-        "fingerprint": cert.fingerprint,
-        "user_id": cert.user_id,
-        "org": cert.org,
-        "label": cert.label,
-        "subject": cert.subject,
-        "issuer": cert.issuer,
-        "serial": cert.serial,
-        "not_before": _iso(cert.not_before),
-        "not_after": _iso(cert.not_after),
-        "days_left": cert.days_left(),
-        "uploaded_at": _iso(cert.uploaded_at),
-        "uploaded_by": cert.uploaded_by,
-    }
-
-
-def _login_json(record: LoginRecord) -> dict[str, Any]:
-    return {
-        "time": _iso(record.when),
-        "outcome": record.outcome,
-        "user_id": record.user_id,
-        "org": record.org,
-        "fingerprint": record.fingerprint,
-        "subject": record.subject,
-        "issuer": record.issuer,
-        "serial": record.serial,
-        "source": record.source,
-        "peer": record.peer,
-        "revocation": record.revocation,
-        "detail": record.detail,
-    }
 
 
 def _uploader() -> str:
@@ -609,21 +552,21 @@ def _user_add(store: Store, args: argparse.Namespace) -> _Result:
     )
     state = "active" if user.active else "inactive"
     perms = ", ".join(sorted(user.permissions)) or "none"
-    return _Result(_user_json(user), f"user {user.user_id}: org {user.org}, {state}, permissions: {perms}")
+    return _Result(user_json(user), f"user {user.user_id}: org {user.org}, {state}, permissions: {perms}")
 
 
 def _user_list(store: Store, args: argparse.Namespace) -> _Result:
     users = sorted(store.list_users(org=args.org), key=lambda u: (u.org, u.user_id))
     rows = [(u.user_id, u.org, "yes" if u.active else "no", ", ".join(sorted(u.permissions))) for u in users]
     return _Result(
-        [_user_json(u) for u in users],
+        [user_json(u) for u in users],
         _table(("USER", "ORG", "ACTIVE", "PERMISSIONS"), rows, "no users"),
     )
 
 
 def _set_active(store: Store, user_id: str, active: bool) -> _Result:
     user = store.set_user_active(user_id, active)
-    return _Result(_user_json(user), f"user {user.user_id}: {'active' if user.active else 'inactive'}")
+    return _Result(user_json(user), f"user {user.user_id}: {'active' if user.active else 'inactive'}")
 
 
 def _user_activate(store: Store, args: argparse.Namespace) -> _Result:
@@ -645,7 +588,7 @@ def _org_set(store: Store, args: argparse.Namespace) -> _Result:
 def _org_list(store: Store, args: argparse.Namespace) -> _Result:
     orgs = sorted(store.list_orgs(), key=lambda o: o.org)
     rows = [(o.org, "on" if o.cert_auth else "off") for o in orgs]
-    return _Result([_org_json(o) for o in orgs], _table(("ORG", "CERT AUTH"), rows, "no organisations"))
+    return _Result([org_json(o) for o in orgs], _table(("ORG", "CERT AUTH"), rows, "no organisations"))
 
 
 # -- cert -------------------------------------------------------------------------------------
@@ -666,7 +609,7 @@ def _cert_upload(store: Store, args: argparse.Namespace) -> _Result:
     record = store.upload_certificate(
         args.input, user_id=args.user, label=args.label, uploaded_by=_uploader()
     )
-    return _Result(_cert_json(record), record.fingerprint)
+    return _Result(cert_json(record), record.fingerprint)
 
 
 def _cert_list(store: Store, args: argparse.Namespace) -> _Result:
@@ -683,14 +626,14 @@ def _cert_list(store: Store, args: argparse.Namespace) -> _Result:
             _short(c.fingerprint),
             c.subject,
             c.issuer,
-            _iso(c.uploaded_at),
-            _iso(c.not_after),
+            iso(c.uploaded_at),
+            iso(c.not_after),
             c.days_left(),
         )
         for c in certs
     ]
     headers = ("USER", "LABEL", "FINGERPRINT", "SUBJECT", "ISSUER", "UPLOADED", "EXPIRES", "DAYS LEFT")
-    return _Result([_cert_json(c) for c in certs], _table(headers, rows, "no certificates"))
+    return _Result([cert_json(c) for c in certs], _table(headers, rows, "no certificates"))
 
 
 def _resolve(store: Store, digits: str) -> str:
@@ -709,7 +652,7 @@ def _resolve(store: Store, digits: str) -> str:
 
 def _cert_show(store: Store, args: argparse.Namespace) -> _Result:
     cert = store.get_certificate(_resolve(store, args.fingerprint))
-    data = _cert_json(cert)
+    data = cert_json(cert)
     width = max(len(k) for k in data)
     text = "\n".join(
         f"{k.replace('_', ' '):<{width}}  {_printable('-' if v is None else v)}" for k, v in data.items()
@@ -739,7 +682,7 @@ def _cert_download(store: Store, args: argparse.Namespace) -> _Result:
 
 def _cert_rename(store: Store, args: argparse.Namespace) -> _Result:
     cert = store.rename_certificate(_resolve(store, args.fingerprint), args.label)
-    return _Result(_cert_json(cert), f"{cert.fingerprint}: label {_printable(cert.label)}")
+    return _Result(cert_json(cert), f"{cert.fingerprint}: label {_printable(cert.label)}")
 
 
 def _cert_delete(store: Store, args: argparse.Namespace) -> _Result:
@@ -817,11 +760,11 @@ def _history(store: Store, args: argparse.Namespace) -> _Result:
         limit=args.limit,
     )
     rows = [
-        (_iso(r.when), r.outcome, r.user_id, _short(r.fingerprint), r.source, r.peer, r.detail)
+        (iso(r.when), r.outcome, r.user_id, _short(r.fingerprint), r.source, r.peer, r.detail)
         for r in records
     ]
     headers = ("TIME", "OUTCOME", "USER", "FINGERPRINT", "SOURCE", "PEER", "DETAIL")
-    return _Result([_login_json(r) for r in records], _table(headers, rows, "no login records"))
+    return _Result([login_json(r) for r in records], _table(headers, rows, "no login records"))
 
 
 def _history_prune(store: Store, args: argparse.Namespace) -> _Result:

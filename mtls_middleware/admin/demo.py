@@ -44,7 +44,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import IO, TYPE_CHECKING, Any, Final
 
 from cryptography import x509
@@ -59,7 +59,8 @@ from ..stores import Store, open_store
 from ..testing import Issued, TestPKI, generate_key, make_certificate, make_crl, name
 from ..wsgi import MTLSMiddleware
 from ._responders import CRLServer, OCSPResponder
-from .cli import _login_json, _printable, _short, _table
+from ._shapes import login_json
+from .cli import _printable, _short, _table
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -168,7 +169,7 @@ class DemoReport:
             "ocsp_responder_up": self.ocsp_up,
             "crl_server": self.crl_url,
             "cases": [c.to_json() for c in self.cases],
-            "history": [_login_json(r) for r in self.history],
+            "history": [login_json(r) for r in self.history],
         }
 
     def render(self) -> str:
@@ -274,12 +275,7 @@ class Demo:
             raise
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def close(self) -> None:

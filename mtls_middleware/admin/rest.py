@@ -47,7 +47,7 @@ from werkzeug.routing import BaseConverter, Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from ..errors import ConfigurationError, ManagementError, MTLSError, NoCertificateError, Reason
-from ..history import ACCEPTED, LoginRecord
+from ..history import ACCEPTED
 from ..identity import ENVIRON_KEY, Identity
 from ..stores.base import (
     MANAGE_CERTIFICATES,
@@ -57,10 +57,11 @@ from ..stores.base import (
     CertificateRecord,
     OrgRecord,
     Store,
-    UserRecord,
+    _storable,
 )
 from ..wsgi import error_response
 from . import openapi
+from ._shapes import cert_json, cert_state, iso, login_json, org_json, user_json
 from .csvio import CsvFormatError, export_csv, parse_import, refused_rows
 
 if TYPE_CHECKING:
@@ -114,68 +115,10 @@ def _invalid(parameter: str, detail: str) -> NoReturn:
 # -- JSON shapes --------------------------------------------------------------------------------
 
 
-def _iso(moment: dt.datetime, *, fraction: bool = False) -> str:
-    moment = moment.astimezone(dt.timezone.utc)
-    if fraction:
-        return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _cert_state(cert: CertificateRecord) -> dict[str, Any]:
-    """What the audit log keeps of a certificate (nothing that changes with time)."""
-    return {
-        "fingerprint": cert.fingerprint,
-        "user_id": cert.user_id,
-        "org": cert.org,
-        "label": cert.label,
-        "subject": cert.subject,
-        "issuer": cert.issuer,
-        "serial": cert.serial,
-        "not_before": _iso(cert.not_before),
-        "not_after": _iso(cert.not_after),
-        "uploaded_at": _iso(cert.uploaded_at),
-        "uploaded_by": cert.uploaded_by,
-    }
-
-
-def _cert_json(cert: CertificateRecord) -> dict[str, Any]:
-    return {**_cert_state(cert), "days_left": cert.days_left()}
-
-
-def _user_json(user: UserRecord) -> dict[str, Any]:
-    return {
-        "user_id": user.user_id,
-        "org": user.org,
-        "active": user.active,
-        "permissions": sorted(user.permissions),
-    }
-
-
-def _org_json(org: OrgRecord) -> dict[str, Any]:
-    return {"org": org.org, "cert_auth": org.cert_auth}
-
-
-def _login_json(record: LoginRecord) -> dict[str, Any]:
-    return {
-        "time": _iso(record.when, fraction=True),
-        "outcome": record.outcome,
-        "user_id": record.user_id,
-        "org": record.org,
-        "fingerprint": record.fingerprint,
-        "subject": record.subject,
-        "issuer": record.issuer,
-        "serial": record.serial,
-        "source": record.source,
-        "peer": record.peer,
-        "revocation": record.revocation,
-        "detail": record.detail,
-    }
-
-
 def _audit_json(entry: AuditEntry) -> dict[str, Any]:
     return {
         "id": entry.id,
-        "time": _iso(entry.time, fraction=True),
+        "time": iso(entry.time, fraction=True),
         "actor": entry.actor,
         "action": entry.action,
         "target": entry.target,
@@ -214,16 +157,6 @@ def _error(error: MTLSError, **extra: Any) -> Response:
 
 
 # -- request parsing ----------------------------------------------------------------------------
-
-
-def _storable(value: str) -> bool:
-    if "\x00" in value:
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _text(value: object, parameter: str, pattern: re.Pattern[str], max_length: int) -> str:
@@ -457,7 +390,8 @@ class RestAPI:
                 return _response(self._document, 200, JSON_TYPE)
             actor = self._authorize(request)
             for key, value in args.items():
-                if not _storable(value):  # no store holds it; some (PostgreSQL) cannot even look it up
+                # No store holds it; some (PostgreSQL) cannot even look it up.
+                if "\x00" in value or not _storable(value):
                     raise ManagementError(Reason.UNKNOWN_USER if key == "user_id" else Reason.NOT_FOUND)
             handler: _Handler = getattr(self, "_" + endpoint)
             return handler(request, actor, **args)
@@ -576,7 +510,7 @@ class RestAPI:
         if len(certs) > page.limit:
             last = shown[-1]
             next_cursor = page.cursor([int(last.uploaded_at.timestamp()), last.fingerprint])
-        return _json({"items": [_cert_json(c) for c in shown], "next_cursor": next_cursor})
+        return _json({"items": [cert_json(c) for c in shown], "next_cursor": next_cursor})
 
     def _upload_certificate(self, request: Request, actor: str, user_id: str | None = None) -> Response:
         nested = user_id is not None
@@ -627,10 +561,10 @@ class RestAPI:
         if user_id is None:
             _invalid("user_id", "user_id is required")
         record = self.store.upload_certificate(pem, user_id=user_id, label=label, uploaded_by=actor)
-        self._audit(actor, "certificate.upload", record.fingerprint, None, _cert_state(record))
+        self._audit(actor, "certificate.upload", record.fingerprint, None, cert_state(record))
         prefix = f"/users/{_quote(user_id)}" if nested else ""
         location = self._location(request, f"{prefix}/certificates/{record.fingerprint}")
-        return _json(_cert_json(record), 201, [location])
+        return _json(cert_json(record), 201, [location])
 
     def _get_certificate(
         self, request: Request, actor: str, fingerprint: str, user_id: str | None = None
@@ -639,7 +573,7 @@ class RestAPI:
         if request.accept_mimetypes.best_match([JSON_TYPE, PEM_TYPE], default=JSON_TYPE) == PEM_TYPE:
             disposition = ("Content-Disposition", f'attachment; filename="{cert.fingerprint}.pem"')
             return _response(cert.pem, 200, PEM_TYPE, [disposition])
-        return _json(_cert_json(cert), headers=[("Vary", "Accept")])
+        return _json(cert_json(cert), headers=[("Vary", "Accept")])
 
     def _rename_certificate(
         self, request: Request, actor: str, fingerprint: str, user_id: str | None = None
@@ -648,15 +582,15 @@ class RestAPI:
         body = self._json_body(request, {"label": True})
         label = _label(body["label"])
         renamed = self.store.rename_certificate(cert.fingerprint, label)
-        self._audit(actor, "certificate.rename", cert.fingerprint, _cert_state(cert), _cert_state(renamed))
-        return _json(_cert_json(renamed))
+        self._audit(actor, "certificate.rename", cert.fingerprint, cert_state(cert), cert_state(renamed))
+        return _json(cert_json(renamed))
 
     def _delete_certificate(
         self, request: Request, actor: str, fingerprint: str, user_id: str | None = None
     ) -> Response:
         cert = self._certificate(fingerprint, user_id)
         self.store.delete_certificate(cert.fingerprint)
-        self._audit(actor, "certificate.delete", cert.fingerprint, _cert_state(cert), None)
+        self._audit(actor, "certificate.delete", cert.fingerprint, cert_state(cert), None)
         response = Response(status=204)
         del response.headers["Content-Type"]
         response.headers["Cache-Control"] = "no-store"
@@ -689,7 +623,7 @@ class RestAPI:
         except BatchRefused as exc:
             return _error(exc, rows=refused_rows(exc, rows))
         for record in records:
-            self._audit(actor, "certificate.import", record.fingerprint, None, _cert_state(record))
+            self._audit(actor, "certificate.import", record.fingerprint, None, cert_state(record))
         return _json({"imported": len(records), "fingerprints": [r.fingerprint for r in records]}, 201)
 
     # -- users ------------------------------------------------------------------------------
@@ -702,7 +636,7 @@ class RestAPI:
             users = [u for u in users if u.user_id > after]
         shown = users[: page.limit]
         next_cursor = page.cursor([shown[-1].user_id]) if len(users) > page.limit else None
-        return _json({"items": [_user_json(u) for u in shown], "next_cursor": next_cursor})
+        return _json({"items": [user_json(u) for u in shown], "next_cursor": next_cursor})
 
     def _create_user(self, request: Request, actor: str) -> Response:
         body = self._json_body(
@@ -715,11 +649,11 @@ class RestAPI:
         if self.store.resolve_user(user_id) is not None:
             raise MTLSError(Reason.DUPLICATE_USER, f"user {user_id} exists")
         user = self.store.add_user(user_id, org=org, active=active, permissions=permissions)
-        self._audit(actor, "user.create", user_id, None, _user_json(user))
-        return _json(_user_json(user), 201, [self._location(request, f"/users/{_quote(user_id)}")])
+        self._audit(actor, "user.create", user_id, None, user_json(user))
+        return _json(user_json(user), 201, [self._location(request, f"/users/{_quote(user_id)}")])
 
     def _get_user(self, request: Request, actor: str, user_id: str) -> Response:
-        return _json(_user_json(self.store.get_user(user_id)))
+        return _json(user_json(self.store.get_user(user_id)))
 
     def _update_user(self, request: Request, actor: str, user_id: str) -> Response:
         body = self._json_body(request, {"org": False, "active": False, "permissions": False})
@@ -733,12 +667,12 @@ class RestAPI:
         )
         # One store call: the user changes at once, or not at all.
         after = self.store.add_user(user_id, org=org, active=active, permissions=permissions)
-        self._audit(actor, "user.update", user_id, _user_json(before), _user_json(after))
-        return _json(_user_json(after))
+        self._audit(actor, "user.update", user_id, user_json(before), user_json(after))
+        return _json(user_json(after))
 
     # -- organisations ----------------------------------------------------------------------
     def _list_orgs(self, request: Request, actor: str) -> Response:
-        return _json({"items": [_org_json(o) for o in self.store.list_orgs()]})
+        return _json({"items": [org_json(o) for o in self.store.list_orgs()]})
 
     def _find_org(self, org: str) -> OrgRecord | None:
         return next((o for o in self.store.list_orgs() if o.org == org), None)
@@ -747,7 +681,7 @@ class RestAPI:
         found = self._find_org(org)
         if found is None:
             raise ManagementError(Reason.NOT_FOUND, f"organisation {org}")
-        return _json(_org_json(found))
+        return _json(org_json(found))
 
     def _set_org(self, request: Request, actor: str, org: str) -> Response:
         org = _name(org, "org")
@@ -755,8 +689,8 @@ class RestAPI:
         cert_auth = _bool(body["cert_auth"], "cert_auth")
         before = self._find_org(org)
         after = self.store.set_org(org, cert_auth=cert_auth)
-        self._audit(actor, "org.set", org, None if before is None else _org_json(before), _org_json(after))
-        return _json(_org_json(after), 200 if before is not None else 201)
+        self._audit(actor, "org.set", org, None if before is None else org_json(before), org_json(after))
+        return _json(org_json(after), 200 if before is not None else 201)
 
     # -- history and audit ------------------------------------------------------------------
     def _login_history(self, request: Request, actor: str) -> Response:
@@ -802,7 +736,7 @@ class RestAPI:
             if last == last_time:
                 same_count += skip
             next_cursor = page.cursor([float(last), same_count])
-        return _json({"items": [_login_json(r) for r in shown], "next_cursor": next_cursor})
+        return _json({"items": [login_json(r, fraction=True) for r in shown], "next_cursor": next_cursor})
 
     def _audit_log(self, request: Request, actor: str) -> Response:
         args = request.args
@@ -843,6 +777,21 @@ _Send = Callable[[_Message], Awaitable[None]]
 _ASGIApp = Callable[[_Scope, _Receive, _Send], Awaitable[None]]
 
 
+async def serve_lifespan(receive: _Receive, send: _Send) -> None:
+    """Answer an ASGI ``lifespan`` connection until shutdown: there is nothing to start or stop.
+
+    Not in ``__all__``: a helper for ASGI apps without a lifespan of their own (the tests' apps
+    use it too).
+    """
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 def asgi_app(app: RestAPI) -> _ASGIApp:
     """``app`` as an ASGI application (HTTP only; asyncio): mount it behind the ASGI
     :class:`~mtls_middleware.asgi.MTLSMiddleware`, e.g. ``Mount("/admin/api",
@@ -857,13 +806,8 @@ def asgi_app(app: RestAPI) -> _ASGIApp:
 
     async def asgi(scope: _Scope, receive: _Receive, send: _Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await serve_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             raise RuntimeError(f"the REST API serves HTTP only, not {scope['type']!r}")
         chunks: list[bytes] = []

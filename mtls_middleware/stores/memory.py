@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import threading
-from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
+from cryptography import x509
+
 from ..errors import MTLSError
-from ..history import LoginRecord, MemoryHistory, history_cutoff, timestamp
+from ..history import LoginRecord, MemoryHistory
+from ._common import (
+    AuditFilter,
+    HistoryFilter,
+    StoreFront,
+    UploadBatch,
+    audit_matches,
+    batch_candidates,
+    first_of_each,
+    upload_record,
+)
 from .base import (
     AuditEntry,
     BatchRefused,
@@ -17,23 +27,15 @@ from .base import (
     Principal,
     Upload,
     UserRecord,
-    check_audit_entry,
-    check_label,
-    check_org,
-    check_permissions,
-    check_upload,
-    check_uploads,
-    check_user_id,
     duplicate,
     not_found,
-    record_from_upload,
     unknown_user,
 )
 
 __all__ = ["MemoryStore"]
 
 
-class MemoryStore:
+class MemoryStore(StoreFront):
     """A thread-safe store held in memory; ``open_store("memory://")``.
 
     Certificates are unique across the store: one certificate belongs to exactly one user. The
@@ -78,8 +80,7 @@ class MemoryStore:
         )
 
     # -- organisations ----------------------------------------------------------------------
-    def set_org(self, org: str, *, cert_auth: bool) -> OrgRecord:
-        check_org(org)
+    def _set_org(self, org: str, cert_auth: bool) -> OrgRecord:
         with self._lock:
             self._orgs[org] = bool(cert_auth)
             self._bump()
@@ -90,17 +91,8 @@ class MemoryStore:
             return [OrgRecord(org, on) for org, on in sorted(self._orgs.items())]
 
     # -- users ------------------------------------------------------------------------------
-    def add_user(
-        self,
-        user_id: str,
-        *,
-        org: str = "default",
-        active: bool = True,
-        permissions: Iterable[str] = (),
-    ) -> UserRecord:
-        check_user_id(user_id)
-        check_org(org)
-        record = UserRecord(user_id, org, bool(active), check_permissions(permissions))
+    def _add_user(self, record: UserRecord) -> UserRecord:
+        user_id, org = record.user_id, record.org
         with self._lock:
             previous = self._users.get(user_id)
             self._users[user_id] = record
@@ -130,8 +122,7 @@ class MemoryStore:
             self._bump()
         return record
 
-    def set_user_permissions(self, user_id: str, permissions: Iterable[str]) -> UserRecord:
-        names = check_permissions(permissions)
+    def _set_user_permissions(self, user_id: str, names: frozenset[str]) -> UserRecord:
         with self._lock:
             record = replace(self.get_user(user_id), permissions=names)
             self._users[user_id] = record
@@ -139,52 +130,24 @@ class MemoryStore:
         return record
 
     # -- certificates -----------------------------------------------------------------------
-    def upload_certificate(
-        self,
-        pem: bytes,
-        *,
-        user_id: str,
-        label: str | None = None,
-        uploaded_by: str | None = None,
+    def _upload_certificate(
+        self, upload: Upload, leaf: x509.Certificate, uploaded_by: str | None
     ) -> CertificateRecord:
-        leaf, _chain = check_upload(pem)
-        check_label(label)
         with self._lock:
-            user = self.get_user(user_id)
-            record = record_from_upload(
-                pem, leaf, user_id=user_id, org=user.org, label=label, uploaded_by=uploaded_by
-            )
+            user = self.get_user(upload.user_id)
+            record = upload_record(upload, leaf, user.org, uploaded_by)
             if record.fingerprint in self._certs:
                 raise duplicate(record.fingerprint)
             self._certs[record.fingerprint] = record
             self._bump()
         return record
 
-    def upload_certificates(
-        self, uploads: Sequence[Upload], *, uploaded_by: str | None = None
-    ) -> list[CertificateRecord]:
-        parsed = check_uploads(uploads)
+    def _upload_certificates(self, batch: UploadBatch) -> list[CertificateRecord]:
+        uploads, parsed, uploaded_by = batch
         with self._lock:
-            records: list[CertificateRecord] = []
             refusals: list[tuple[int, MTLSError]] = []
-            seen: set[str] = set()
-            for index, (upload, leaf) in enumerate(zip(uploads, parsed, strict=True)):
-                if isinstance(leaf, MTLSError):
-                    refusals.append((index, leaf))
-                    continue
-                user = self._users.get(upload.user_id)
-                if user is None:
-                    refusals.append((index, unknown_user(upload.user_id)))
-                    continue
-                record = record_from_upload(
-                    upload.pem, leaf, user_id=user.user_id, org=user.org, label=upload.label,
-                    uploaded_by=uploaded_by,
-                )
-                if record.fingerprint in self._certs or record.fingerprint in seen:
-                    refusals.append((index, duplicate(record.fingerprint)))
-                    continue
-                seen.add(record.fingerprint)
-                records.append(record)
+            candidates = batch_candidates(uploads, parsed, self._users, _org, uploaded_by, refusals)
+            records = [record for _, record, _ in first_of_each(candidates, self._certs, refusals)]
             if refusals:
                 raise BatchRefused(refusals, total=len(uploads))
             for record in records:
@@ -204,10 +167,7 @@ class MemoryStore:
             if (user_id is None or r.user_id == user_id) and (org is None or r.org == org)
         ]
 
-    def find_fingerprints(self, prefix: str, *, limit: int = 2) -> list[str]:
-        prefix = prefix.lower()
-        if not prefix or any(c not in "0123456789abcdef" for c in prefix):
-            return []
+    def _find_fingerprints(self, prefix: str, limit: int) -> list[str]:
         with self._lock:
             found = sorted(fp for fp in self._certs if fp.startswith(prefix))
         return found[:limit]
@@ -221,8 +181,7 @@ class MemoryStore:
     def download_certificate(self, fingerprint: str) -> bytes:
         return self.get_certificate(fingerprint).pem
 
-    def rename_certificate(self, fingerprint: str, label: str) -> CertificateRecord:
-        check_label(label)
+    def _rename_certificate(self, fingerprint: str, label: str) -> CertificateRecord:
         with self._lock:
             renamed = replace(self.get_certificate(fingerprint), label=label)
             self._certs[renamed.fingerprint] = renamed
@@ -238,59 +197,31 @@ class MemoryStore:
     def record(self, record: LoginRecord) -> None:  # replaced per instance in __init__
         self._history.record(record)
 
-    def login_history(
-        self,
-        *,
-        user_id: str | None = None,
-        failed_only: bool = False,
-        outcome: str | None = None,
-        since: dt.datetime | None = None,
-        until: dt.datetime | None = None,
-        limit: int | None = 100,
-    ) -> list[LoginRecord]:
+    def _login_history(self, query: HistoryFilter) -> list[LoginRecord]:
         return self._history.query(
-            user_id=user_id, failed_only=failed_only, outcome=outcome, since=since, until=until,
-            limit=limit,
+            user_id=query.user_id, failed_only=query.failed_only, outcome=query.outcome,
+            since=query.since, until=query.until, limit=query.limit,
         )
 
-    def prune_history(self, *, older_than: dt.timedelta) -> int:
-        return self._history.prune(before=history_cutoff(older_than))
+    def _prune_history(self, cutoff: float) -> int:
+        return self._history.prune(before=cutoff)
 
     # -- audit ----------------------------------------------------------------------------
-    def record_audit(self, entry: AuditEntry) -> AuditEntry:
-        checked = check_audit_entry(entry)
+    def _record_audit(self, checked: AuditEntry) -> AuditEntry:
         with self._lock:
             stored = replace(checked, id=len(self._audit) + 1)
             self._audit.append(stored)
         return stored
 
-    def audit_log(
-        self,
-        *,
-        actor: str | None = None,
-        target: str | None = None,
-        action: str | None = None,
-        since: dt.datetime | None = None,
-        until: dt.datetime | None = None,
-        before_id: int | None = None,
-        limit: int | None = 100,
-    ) -> list[AuditEntry]:
-        low = None if since is None else timestamp(since)
-        high = None if until is None else timestamp(until)
+    def _audit_log(self, query: AuditFilter) -> list[AuditEntry]:
+        keep = audit_matches(query)
         with self._lock:
             entries = list(self._audit)
         found: list[AuditEntry] = []
         for entry in reversed(entries):
-            if limit is not None and len(found) >= limit:
+            if query.limit is not None and len(found) >= query.limit:
                 break
-            if (
-                (before_id is None or entry.id < before_id)
-                and (actor is None or entry.actor == actor)
-                and (target is None or entry.target == target)
-                and (action is None or entry.action == action)
-                and (low is None or entry.time.timestamp() >= low)
-                and (high is None or entry.time.timestamp() < high)
-            ):
+            if keep(entry):
                 found.append(entry)
         return found
 
@@ -300,3 +231,7 @@ class MemoryStore:
 
     def close(self) -> None:
         """Nothing to release; the store stays usable."""
+
+
+def _org(user: UserRecord) -> str:
+    return user.org

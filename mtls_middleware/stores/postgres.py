@@ -88,33 +88,44 @@ import time
 import urllib.parse
 import weakref
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
 from cryptography import x509
 
 from ..errors import ConfigurationError, ManagementError, MTLSError, Reason
-from ..history import HistoryWriter, LoginRecord, history_cutoff, timestamp
+from ..history import HistoryWriter, LoginRecord
+from ._common import (
+    AUDIT_COLUMNS,
+    CERT_COLUMNS,
+    HISTORY_COLUMNS,
+    USER_COLUMNS,
+    AuditFilter,
+    HistoryFilter,
+    SQLQuery,
+    SQLStoreFront,
+    WrittenHistory,
+    audit_sql,
+    certificate_from_row,
+    clamp64,
+    history_sql,
+    principal_from_row,
+    reopen_after_fork,
+    select_from,
+    upload_record,
+    user_from_row,
+)
 from .base import (
     AuditEntry,
-    BatchRefused,
     CertificateRecord,
     OrgRecord,
     Principal,
     Upload,
     UserRecord,
     audit_json,
-    check_audit_entry,
-    check_label,
-    check_org,
-    check_permissions,
-    check_upload,
-    check_uploads,
-    check_user_id,
     duplicate,
     not_found,
-    record_from_upload,
     unknown_user,
 )
 
@@ -198,27 +209,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # Literal SQL only; values always go in as parameters.
-_SELECT_CERTS = (
-    "SELECT fingerprint, user_id, org, label, pem, subject, issuer, serial, not_before, not_after,"
-    " uploaded_at, uploaded_by FROM certificates"
-)
+_SELECT_CERTS = select_from(CERT_COLUMNS, "certificates")
 _INSERT_CERT = (
     "INSERT INTO certificates (fingerprint, user_id, org, label, pem, subject, issuer, serial,"
     " not_before, not_after, uploaded_at, uploaded_by)"
     " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
-# In LoginRecord's field order, so that records are rows and rows are records.
-_SELECT_HISTORY = (
-    "SELECT outcome, source, fingerprint, subject, issuer, serial, user_id, org, detail, revocation,"
-    " time, peer FROM login_history"
-)
+_SELECT_HISTORY = select_from(HISTORY_COLUMNS, "login_history")
 # COPY: several times the rows per second of a batched INSERT.
-_COPY_HISTORY = (
-    "COPY login_history (outcome, source, fingerprint, subject, issuer, serial, user_id, org,"
-    " detail, revocation, time, peer) FROM STDIN"
-)
-_SELECT_AUDIT = "SELECT id, actor, action, target, before, after, time FROM audit_log"
-_SELECT_USERS = "SELECT user_id, org, active, permissions FROM users"
+_COPY_HISTORY = f"COPY login_history ({HISTORY_COLUMNS}) FROM STDIN"
+_SELECT_AUDIT = select_from(AUDIT_COLUMNS, "audit_log")
+_SELECT_USERS = select_from(USER_COLUMNS, "users")
 _RESOLVE = (
     "SELECT u.user_id, u.org, u.active, COALESCE(o.cert_auth, TRUE), u.permissions"
     " FROM users AS u LEFT JOIN orgs AS o ON o.org = u.org"
@@ -227,9 +228,6 @@ _BUMP = "UPDATE meta SET value = value + 1 WHERE key = 'generation' RETURNING va
 _READ_GENERATION = "SELECT value FROM meta WHERE key = 'generation'"
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,39}\Z")
-_BIGINT = 2**63 - 1
-
-_T = TypeVar("_T")
 
 # Connections inherited through fork(): never used nor closed in the child (closing would end the
 # parent's session on the shared socket), only kept from being collected.
@@ -302,15 +300,16 @@ def _clean(value: str | None) -> str | None:
 
 
 def _history_row(rec: LoginRecord) -> tuple[Any, ...]:
-    return tuple(_clean(v) if isinstance(v, str) else v for v in rec)
+    # The record itself (a tuple) unless a value holds a NUL: a new tuple per row would cost the
+    # writer thread about three times as much, for a case only a hostile certificate produces.
+    for value in rec:
+        if isinstance(value, str) and "\x00" in value:
+            return tuple(_clean(v) if isinstance(v, str) else v for v in rec)
+    return rec
 
 
 def _has_nul(*values: str | None) -> bool:
     return any(v is not None and "\x00" in v for v in values)
-
-
-def _clamp(value: int) -> int:
-    return max(-_BIGINT - 1, min(_BIGINT, int(value)))
 
 
 def _utc(when: dt.datetime) -> dt.datetime:
@@ -318,43 +317,24 @@ def _utc(when: dt.datetime) -> dt.datetime:
 
 
 def _principal(row: Sequence[Any]) -> Principal:
-    return Principal(
-        user_id=row[0],
-        org=row[1],
-        active=bool(row[2]),
-        org_cert_auth=bool(row[3]),
-        permissions=_permissions(tuple(row[4])),
-    )
+    return principal_from_row(row, _permissions)
 
 
 @functools.lru_cache(maxsize=1024)
-def _permissions(names: tuple[str, ...]) -> frozenset[str]:
+def _cached_permissions(names: tuple[str, ...]) -> frozenset[str]:
     return frozenset(names)
 
 
+def _permissions(names: Sequence[str]) -> frozenset[str]:
+    return _cached_permissions(tuple(names))
+
+
 def _user(row: Sequence[Any]) -> UserRecord:
-    return UserRecord(row[0], row[1], bool(row[2]), _permissions(tuple(row[3])))
+    return user_from_row(row, _permissions)
 
 
 def _certificate(row: Sequence[Any]) -> CertificateRecord:
-    return CertificateRecord(
-        fingerprint=row[0],
-        user_id=row[1],
-        org=row[2],
-        label=row[3],
-        pem=bytes(row[4]),
-        subject=row[5],
-        issuer=row[6],
-        serial=row[7],
-        not_before=_utc(row[8]),
-        not_after=_utc(row[9]),
-        uploaded_at=_utc(row[10]),
-        uploaded_by=row[11],
-    )
-
-
-def _where(select_: str, conditions: Sequence[str]) -> str:
-    return select_ + (" WHERE " + " AND ".join(conditions) if conditions else "")
+    return certificate_from_row(row, _utc)
 
 
 class _Listener:
@@ -546,7 +526,7 @@ class _Listener:
         self._call("_advance", value)
 
 
-class PostgresStore:
+class PostgresStore(WrittenHistory, SQLStoreFront):
     """A :class:`~mtls_middleware.stores.base.Store` in PostgreSQL (see the module docs).
 
     ``url_or_dsn``: a ``postgresql://`` or ``postgres://`` URL or a libpq keyword string. A URL
@@ -663,7 +643,7 @@ class PostgresStore:
         )
         # Bound directly: recording runs on every request.
         self.record = self._writer.record  # type: ignore[method-assign]
-        _STORES.add(self)
+        reopen_after_fork(self)
 
     def _open_connections(self) -> None:
         self._pool: ConnectionPool[Any] = ConnectionPool(
@@ -691,17 +671,6 @@ class PostgresStore:
 
     def __repr__(self) -> str:
         return f"PostgresStore({self._where!r})"
-
-    def __enter__(self) -> PostgresStore:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    @property
-    def history_writer(self) -> HistoryWriter:
-        """The login-history writer (its ``waits``, ``written`` and ``lost`` counters)."""
-        return self._writer
 
     @property
     def history_backlog(self) -> int:
@@ -863,8 +832,7 @@ class PostgresStore:
         return None if row is None else _principal(row)
 
     # -- organisations ----------------------------------------------------------------------
-    def set_org(self, org: str, *, cert_auth: bool) -> OrgRecord:
-        check_org(org)
+    def _set_org(self, org: str, cert_auth: bool) -> OrgRecord:
         with self._write(invalidates=True) as conn:
             conn.execute(
                 "INSERT INTO orgs (org, cert_auth) VALUES (%s, %s)"
@@ -878,19 +846,12 @@ class PostgresStore:
         return [OrgRecord(org, bool(on)) for org, on in rows]
 
     # -- users ------------------------------------------------------------------------------
-    def add_user(
-        self,
-        user_id: str,
-        *,
-        org: str = "default",
-        active: bool = True,
-        permissions: Iterable[str] = (),
-    ) -> UserRecord:
-        check_user_id(user_id)
+    def _refuse_user_id(self, user_id: str) -> None:
         if _has_nul(user_id):
             raise ManagementError(Reason.UNKNOWN_USER, "a user id cannot contain a NUL character")
-        check_org(org)
-        record = UserRecord(user_id, org, bool(active), check_permissions(permissions))
+
+    def _add_user(self, record: UserRecord) -> UserRecord:
+        user_id, org = record.user_id, record.org
         with self._write(invalidates=True) as conn:
             conn.execute("INSERT INTO orgs (org) VALUES (%s) ON CONFLICT (org) DO NOTHING", (org,))
             conn.execute(
@@ -922,9 +883,7 @@ class PostgresStore:
     def _update_user(self, user_id: str, column: str, value: object) -> UserRecord:
         if _has_nul(user_id):
             raise unknown_user(user_id)
-        update = sql.SQL(
-            "UPDATE users SET {} = %s WHERE user_id = %s RETURNING user_id, org, active, permissions"
-        )
+        update = sql.SQL("UPDATE users SET {} = %s WHERE user_id = %s RETURNING " + USER_COLUMNS)  # noqa: S608
         with self._write(invalidates=True) as conn:
             row = conn.execute(update.format(sql.Identifier(column)), (value, user_id)).fetchone()
             if row is None:
@@ -934,26 +893,10 @@ class PostgresStore:
     def set_user_active(self, user_id: str, active: bool) -> UserRecord:
         return self._update_user(user_id, "active", bool(active))
 
-    def set_user_permissions(self, user_id: str, permissions: Iterable[str]) -> UserRecord:
-        names = check_permissions(permissions)
+    def _set_user_permissions(self, user_id: str, names: frozenset[str]) -> UserRecord:
         return self._update_user(user_id, "permissions", sorted(names))
 
     # -- certificates -----------------------------------------------------------------------
-    def upload_certificate(
-        self,
-        pem: bytes,
-        *,
-        user_id: str,
-        label: str | None = None,
-        uploaded_by: str | None = None,
-    ) -> CertificateRecord:
-        leaf, _chain = check_upload(pem)
-        check_label(label)
-        check_user_id(user_id)
-        with self._write(invalidates=True) as conn:
-            record = self._insert(conn, Upload(pem, user_id, label), leaf, uploaded_by)
-        return record
-
     def _insert(
         self,
         conn: psycopg.Connection[Any],
@@ -968,10 +911,7 @@ class PostgresStore:
         row = conn.execute("SELECT org FROM users WHERE user_id = %s", (upload.user_id,)).fetchone()
         if row is None:
             raise unknown_user(upload.user_id)
-        record = record_from_upload(
-            upload.pem, leaf, user_id=upload.user_id, org=row[0], label=upload.label,
-            uploaded_by=uploaded_by,
-        )
+        record = upload_record(upload, leaf, row[0], uploaded_by)
         # No look-before-insert: the primary key decides, also between processes and nodes. The
         # savepoint keeps the transaction usable after the refusal (a batch goes on).
         try:
@@ -988,49 +928,21 @@ class PostgresStore:
             raise duplicate(record.fingerprint) from None
         return record
 
-    def upload_certificates(
-        self, uploads: Sequence[Upload], *, uploaded_by: str | None = None
-    ) -> list[CertificateRecord]:
-        parsed = check_uploads(uploads)
-        records: list[CertificateRecord] = []
-        refusals: list[tuple[int, MTLSError]] = []
-        with self._write(invalidates=bool(uploads)) as conn:
-            for index, (upload, leaf) in enumerate(zip(uploads, parsed, strict=True)):
-                if isinstance(leaf, MTLSError):
-                    refusals.append((index, leaf))
-                    continue
-                try:
-                    records.append(self._insert(conn, upload, leaf, uploaded_by))
-                except MTLSError as exc:
-                    refusals.append((index, exc))
-            if refusals:
-                raise BatchRefused(refusals, total=len(uploads))  # rolls the whole batch back
-        return records
-
     def list_certificates(
         self, *, user_id: str | None = None, org: str | None = None
     ) -> list[CertificateRecord]:
         if _has_nul(user_id, org):
             return []
-        where, args = [], []
-        if user_id is not None:
-            where.append("user_id = %s")
-            args.append(user_id)
-        if org is not None:
-            where.append("org = %s")
-            args.append(org)
-        rows = self._read(_where(_SELECT_CERTS, where) + " ORDER BY seq", args)
+        query = SQLQuery(_SELECT_CERTS, "%s").equal(user_id=user_id, org=org)
+        rows = self._read(query.sql("seq"), query.args)
         return [_certificate(row) for row in rows]
 
-    def find_fingerprints(self, prefix: str, *, limit: int = 2) -> list[str]:
-        prefix = prefix.lower()
-        if not prefix or any(c not in "0123456789abcdef" for c in prefix):
-            return []
+    def _find_fingerprints(self, prefix: str, limit: int) -> list[str]:
         # A range on the primary key ("C" collation): hex digits sort below "g".
         rows = self._read(
             "SELECT fingerprint FROM certificates WHERE fingerprint >= %s AND fingerprint < %s"
             " ORDER BY fingerprint LIMIT %s",
-            (prefix, prefix + "g", max(0, _clamp(limit))),
+            (prefix, prefix + "g", max(0, clamp64(limit))),
         )
         return [str(row[0]) for row in rows]
 
@@ -1050,17 +962,14 @@ class PostgresStore:
             raise not_found(f"certificate {fingerprint}")
         return bytes(row[0])
 
-    def rename_certificate(self, fingerprint: str, label: str) -> CertificateRecord:
-        check_label(label)
+    def _rename_certificate(self, fingerprint: str, label: str) -> CertificateRecord:
         if _has_nul(label):
             raise ConfigurationError(detail="a certificate label cannot contain a NUL character")
         if _has_nul(fingerprint):
             raise not_found(f"certificate {fingerprint}")
         with self._write(invalidates=False) as conn:
             row = conn.execute(
-                "UPDATE certificates SET label = %s WHERE fingerprint = %s RETURNING fingerprint,"
-                " user_id, org, label, pem, subject, issuer, serial, not_before, not_after, uploaded_at,"
-                " uploaded_by",
+                f"UPDATE certificates SET label = %s WHERE fingerprint = %s RETURNING {CERT_COLUMNS}",  # noqa: S608
                 (label, fingerprint.lower()),
             ).fetchone()
             if row is None:
@@ -1076,9 +985,6 @@ class PostgresStore:
                 raise not_found(f"certificate {fingerprint}")
 
     # -- history ----------------------------------------------------------------------------
-    def record(self, record: LoginRecord) -> None:  # replaced per instance in __init__
-        self._writer.record(record)
-
     def _write_history(self, batch: Sequence[LoginRecord]) -> None:
         """The HistoryWriter's callback: queue ``batch`` behind the outage backlog, write what can
         be written. Unreachable: keep (bounded), do not raise (the writer would count a loss)."""
@@ -1149,49 +1055,19 @@ class PostgresStore:
         finally:
             self._draining = False
 
-    def login_history(
-        self,
-        *,
-        user_id: str | None = None,
-        failed_only: bool = False,
-        outcome: str | None = None,
-        since: dt.datetime | None = None,
-        until: dt.datetime | None = None,
-        limit: int | None = 100,
-    ) -> list[LoginRecord]:
+    def _login_history(self, query: HistoryFilter) -> list[LoginRecord]:
         self.flush(self._pool_options["timeout"] * 2)
-        where: list[str] = []
-        args: list[object] = []
-        if user_id is not None:
-            where.append("user_id = %s")
-            args.append(_clean(user_id))
-        if failed_only:
-            where.append("outcome <> 'accepted'")
-        if outcome is not None:
-            where.append("outcome = %s")
-            args.append(_clean(str(outcome)))
-        if since is not None:
-            where.append("time >= %s")
-            args.append(timestamp(since))
-        if until is not None:
-            where.append("time < %s")
-            args.append(timestamp(until))
-        query = _where(_SELECT_HISTORY, where) + " ORDER BY time DESC, id DESC"
-        if limit is not None:
-            query += " LIMIT %s"
-            args.append(max(0, _clamp(limit)))
-        return [LoginRecord._make(row) for row in self._read(query, args)]
+        text, args = history_sql(_SELECT_HISTORY, "%s", query, text=_clean, integer=clamp64)
+        return [LoginRecord._make(row) for row in self._read(text, args)]
 
-    def prune_history(self, *, older_than: dt.timedelta) -> int:
-        cutoff = history_cutoff(older_than)
+    def _prune_history(self, cutoff: float) -> int:
         self.flush(self._pool_options["timeout"] * 2)
         with self._write(invalidates=False) as conn:
             removed = conn.execute("DELETE FROM login_history WHERE time < %s", (cutoff,)).rowcount
         return int(removed)
 
     # -- audit ------------------------------------------------------------------------------
-    def record_audit(self, entry: AuditEntry) -> AuditEntry:
-        checked = check_audit_entry(entry)
+    def _record_audit(self, checked: AuditEntry) -> AuditEntry:
         with self._write(invalidates=False) as conn:
             row = conn.execute(
                 "INSERT INTO audit_log (actor, action, target, before, after, time)"
@@ -1203,44 +1079,16 @@ class PostgresStore:
             ).fetchone()
         return replace(checked, id=int(row[0]) if row else 0)
 
-    def audit_log(
-        self,
-        *,
-        actor: str | None = None,
-        target: str | None = None,
-        action: str | None = None,
-        since: dt.datetime | None = None,
-        until: dt.datetime | None = None,
-        before_id: int | None = None,
-        limit: int | None = 100,
-    ) -> list[AuditEntry]:
-        if _has_nul(actor, target, action):
+    def _audit_log(self, query: AuditFilter) -> list[AuditEntry]:
+        if _has_nul(query.actor, query.target, query.action):
             return []
-        where: list[str] = []
-        args: list[object] = []
-        for column, value in (("actor", actor), ("target", target), ("action", action)):
-            if value is not None:
-                where.append(f"{column} = %s")  # column names from the literal tuple above
-                args.append(str(value))
-        if since is not None:
-            where.append("time >= %s")
-            args.append(_utc(since))
-        if until is not None:
-            where.append("time < %s")
-            args.append(_utc(until))
-        if before_id is not None:
-            where.append("id < %s")
-            args.append(_clamp(before_id))
-        query = _where(_SELECT_AUDIT, where) + " ORDER BY id DESC"
-        if limit is not None:
-            query += " LIMIT %s"
-            args.append(max(0, _clamp(limit)))
+        text, args = audit_sql(_SELECT_AUDIT, "%s", query, when=_utc)
         return [
             AuditEntry(
                 id=int(row[0]), actor=row[1], action=row[2], target=row[3], before=row[4],
                 after=row[5], time=_utc(row[6]),
             )
-            for row in self._read(query, args)
+            for row in self._read(text, args)
         ]
 
     # -- life cycle -------------------------------------------------------------------------
@@ -1296,16 +1144,3 @@ class PostgresStore:
         self._invalidate()
         self._open_connections()
         self._listener.start()
-
-
-_STORES: weakref.WeakSet[PostgresStore] = weakref.WeakSet()
-
-
-def _after_fork_in_child(stores: Iterable[PostgresStore] = _STORES) -> None:
-    for store in list(stores):
-        if not store._closed:
-            store._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=functools.partial(_after_fork_in_child))

@@ -57,8 +57,7 @@ import mmap
 import os
 import sqlite3
 import threading
-import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -66,26 +65,36 @@ from typing import Any, TypeVar
 from cryptography import x509
 
 from ..errors import ConfigurationError, MTLSError, Reason
-from ..history import HistoryWriter, LoginRecord, history_cutoff, timestamp
+from ..history import HistoryWriter, LoginRecord
+from ._common import (
+    AUDIT_COLUMNS,
+    CERT_COLUMNS,
+    HISTORY_COLUMNS,
+    USER_COLUMNS,
+    AuditFilter,
+    HistoryFilter,
+    SQLQuery,
+    SQLStoreFront,
+    WrittenHistory,
+    audit_sql,
+    certificate_from_row,
+    history_sql,
+    principal_from_row,
+    reopen_after_fork,
+    select_from,
+    upload_record,
+    user_from_row,
+)
 from .base import (
     AuditEntry,
-    BatchRefused,
     CertificateRecord,
     OrgRecord,
     Principal,
     Upload,
     UserRecord,
     audit_json,
-    check_audit_entry,
-    check_label,
-    check_org,
-    check_permissions,
-    check_upload,
-    check_uploads,
-    check_user_id,
     duplicate,
     not_found,
-    record_from_upload,
     unknown_user,
 )
 
@@ -161,25 +170,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # Literal SQL only; values always go in as parameters.
-_SELECT_CERTS = (
-    "SELECT fingerprint, user_id, org, label, pem, subject, issuer, serial, not_before, not_after,"
-    " uploaded_at, uploaded_by FROM certificates"
-)
+_SELECT_CERTS = select_from(CERT_COLUMNS, "certificates")
 _INSERT_CERT = (
     "INSERT INTO certificates (fingerprint, user_id, org, label, pem, subject, issuer, serial,"
     " not_before, not_after, uploaded_at, uploaded_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-# In LoginRecord's field order, so that records are rows and rows are records.
-_SELECT_HISTORY = (
-    "SELECT outcome, source, fingerprint, subject, issuer, serial, user_id, org, detail, revocation,"
-    " time, peer FROM login_history"
-)
-_INSERT_HISTORY = (
-    "INSERT INTO login_history (outcome, source, fingerprint, subject, issuer, serial, user_id, org,"
-    " detail, revocation, time, peer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_SELECT_AUDIT = "SELECT id, actor, action, target, before, after, time FROM audit_log"
-_SELECT_USERS = "SELECT user_id, org, active, permissions FROM users"
+_SELECT_HISTORY = select_from(HISTORY_COLUMNS, "login_history")
+_INSERT_HISTORY = f"INSERT INTO login_history ({HISTORY_COLUMNS}) VALUES ({', '.join('?' * 12)})"  # noqa: S608
+_SELECT_AUDIT = select_from(AUDIT_COLUMNS, "audit_log")
+_SELECT_USERS = select_from(USER_COLUMNS, "users")
 _RESOLVE = (
     "SELECT u.user_id, u.org, u.active, COALESCE(o.cert_auth, 1), u.permissions"
     " FROM users AS u LEFT JOIN orgs AS o ON o.org = u.org"
@@ -445,11 +444,6 @@ def _from_micros(micros: int) -> dt.datetime:
     return _EPOCH + dt.timedelta(microseconds=micros)
 
 
-def _sql_int(value: int) -> int:
-    """``value`` clamped into SQLite's 64-bit integers (a bigger one would raise OverflowError)."""
-    return max(-(2**63), min(2**63 - 1, int(value)))
-
-
 def _ts(when: dt.datetime) -> int:
     return int(when.timestamp())
 
@@ -459,20 +453,7 @@ def _dt(seconds: int) -> dt.datetime:
 
 
 def _certificate(row: Sequence[Any]) -> CertificateRecord:
-    return CertificateRecord(
-        fingerprint=row[0],
-        user_id=row[1],
-        org=row[2],
-        label=row[3],
-        pem=bytes(row[4]),
-        subject=row[5],
-        issuer=row[6],
-        serial=row[7],
-        not_before=_dt(row[8]),
-        not_after=_dt(row[9]),
-        uploaded_at=_dt(row[10]),
-        uploaded_by=row[11],
-    )
+    return certificate_from_row(row, _dt)
 
 
 def _cert_row(record: CertificateRecord) -> tuple[Any, ...]:
@@ -499,7 +480,7 @@ def _permissions(text: str) -> frozenset[str]:
 
 
 def _user(row: Sequence[Any]) -> UserRecord:
-    return UserRecord(row[0], row[1], bool(row[2]), _permissions(row[3]))
+    return user_from_row(row, _permissions)
 
 
 def _permissions_text(names: frozenset[str]) -> str:
@@ -510,7 +491,7 @@ def _is_duplicate(exc: sqlite3.IntegrityError) -> bool:
     return "UNIQUE" in str(exc) or "PRIMARY KEY" in str(exc)
 
 
-class SQLiteStore:
+class SQLiteStore(WrittenHistory, SQLStoreFront):
     """A :class:`~mtls_middleware.stores.base.Store` in one SQLite file (see the module docs).
 
     ``busy_timeout`` (seconds) is how long a write waits for another process's write;
@@ -562,25 +543,14 @@ class SQLiteStore:
         # Bound directly: recording runs on every request.
         self.record = self._writer.record  # type: ignore[method-assign]
         self._closed = False
-        _STORES.add(self)
+        reopen_after_fork(self)
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.path!r})"
 
-    def __enter__(self) -> SQLiteStore:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
     @property
     def generation(self) -> int:
         return self._cell.value
-
-    @property
-    def history_writer(self) -> HistoryWriter:
-        """The login-history writer (its ``waits``, ``written`` and ``lost`` counters)."""
-        return self._writer
 
     # -- plumbing ---------------------------------------------------------------------------
     def _read(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
@@ -644,8 +614,7 @@ class SQLiteStore:
         return None if row is None else _principal(row)
 
     # -- organisations ----------------------------------------------------------------------
-    def set_org(self, org: str, *, cert_auth: bool) -> OrgRecord:
-        check_org(org)
+    def _set_org(self, org: str, cert_auth: bool) -> OrgRecord:
         with self._write(invalidates=True) as conn:
             conn.execute(
                 "INSERT INTO orgs (org, cert_auth) VALUES (?, ?)"
@@ -659,17 +628,8 @@ class SQLiteStore:
         return [OrgRecord(org, bool(on)) for org, on in rows]
 
     # -- users ------------------------------------------------------------------------------
-    def add_user(
-        self,
-        user_id: str,
-        *,
-        org: str = "default",
-        active: bool = True,
-        permissions: Iterable[str] = (),
-    ) -> UserRecord:
-        check_user_id(user_id)
-        check_org(org)
-        record = UserRecord(user_id, org, bool(active), check_permissions(permissions))
+    def _add_user(self, record: UserRecord) -> UserRecord:
+        user_id, org = record.user_id, record.org
         with self._write(invalidates=True) as conn:
             conn.execute("INSERT OR IGNORE INTO orgs (org, cert_auth) VALUES (?, 1)", (org,))
             conn.execute(
@@ -711,28 +671,12 @@ class SQLiteStore:
             user_id, "UPDATE users SET active = ? WHERE user_id = ?", int(bool(active))
         )
 
-    def set_user_permissions(self, user_id: str, permissions: Iterable[str]) -> UserRecord:
-        names = check_permissions(permissions)
+    def _set_user_permissions(self, user_id: str, names: frozenset[str]) -> UserRecord:
         return self._update_user(
             user_id, "UPDATE users SET permissions = ? WHERE user_id = ?", _permissions_text(names)
         )
 
     # -- certificates -----------------------------------------------------------------------
-    def upload_certificate(
-        self,
-        pem: bytes,
-        *,
-        user_id: str,
-        label: str | None = None,
-        uploaded_by: str | None = None,
-    ) -> CertificateRecord:
-        leaf, _chain = check_upload(pem)
-        check_label(label)
-        check_user_id(user_id)
-        with self._write(invalidates=True) as conn:
-            record = self._insert(conn, Upload(pem, user_id, label), leaf, uploaded_by)
-        return record
-
     def _insert(
         self,
         conn: sqlite3.Connection,
@@ -743,60 +687,27 @@ class SQLiteStore:
         row = conn.execute("SELECT org FROM users WHERE user_id = ?", (upload.user_id,)).fetchone()
         if row is None:
             raise unknown_user(upload.user_id)
-        record = record_from_upload(
-            upload.pem, leaf, user_id=upload.user_id, org=row[0], label=upload.label,
-            uploaded_by=uploaded_by,
-        )
-        # No look-before-insert: the primary key decides, also between processes.
+        record = upload_record(upload, leaf, row[0], uploaded_by)
+        # No look-before-insert: the primary key decides, also between processes. The savepoint
+        # keeps the transaction usable after the refusal (a batch goes on).
         try:
-            conn.execute(
-                _INSERT_CERT,
-                _cert_row(record),
-            )
+            with _savepoint(conn):
+                conn.execute(_INSERT_CERT, _cert_row(record))
         except sqlite3.IntegrityError as exc:
             if _is_duplicate(exc):
                 raise duplicate(record.fingerprint) from None
             raise
         return record
 
-    def upload_certificates(
-        self, uploads: Sequence[Upload], *, uploaded_by: str | None = None
-    ) -> list[CertificateRecord]:
-        parsed = check_uploads(uploads)
-        records: list[CertificateRecord] = []
-        refusals: list[tuple[int, MTLSError]] = []
-        with self._write(invalidates=bool(uploads)) as conn:
-            for index, (upload, leaf) in enumerate(zip(uploads, parsed, strict=True)):
-                if isinstance(leaf, MTLSError):
-                    refusals.append((index, leaf))
-                    continue
-                try:
-                    with _savepoint(conn):
-                        records.append(self._insert(conn, upload, leaf, uploaded_by))
-                except MTLSError as exc:
-                    refusals.append((index, exc))
-            if refusals:
-                raise BatchRefused(refusals, total=len(uploads))  # rolls the whole batch back
-        return records
-
     def list_certificates(
         self, *, user_id: str | None = None, org: str | None = None
     ) -> list[CertificateRecord]:
-        where, args = [], []
-        if user_id is not None:
-            where.append("user_id = ?")
-            args.append(user_id)
-        if org is not None:
-            where.append("org = ?")
-            args.append(org)
-        sql = _where(_SELECT_CERTS, where) + " ORDER BY rowid"
-        rows = self._read(lambda c: c.execute(sql, args).fetchall())
+        query = SQLQuery(_SELECT_CERTS, "?").equal(user_id=user_id, org=org)
+        sql = query.sql("rowid")
+        rows = self._read(lambda c: c.execute(sql, query.args).fetchall())
         return [_certificate(row) for row in rows]
 
-    def find_fingerprints(self, prefix: str, *, limit: int = 2) -> list[str]:
-        prefix = prefix.lower()
-        if not prefix or any(c not in "0123456789abcdef" for c in prefix):
-            return []
+    def _find_fingerprints(self, prefix: str, limit: int) -> list[str]:
         # A range on the primary key: an index seek, not a scan of every certificate. Hex digits
         # sort below "g", so [prefix, prefix + "g") holds exactly the fingerprints it starts.
         rows = self._read(
@@ -828,8 +739,7 @@ class SQLiteStore:
             raise not_found(f"certificate {fingerprint}")
         return bytes(row[0])
 
-    def rename_certificate(self, fingerprint: str, label: str) -> CertificateRecord:
-        check_label(label)
+    def _rename_certificate(self, fingerprint: str, label: str) -> CertificateRecord:
         with self._write(invalidates=False) as conn:
             cursor = conn.execute(
                 "UPDATE certificates SET label = ? WHERE fingerprint = ?", (label, fingerprint.lower())
@@ -848,53 +758,20 @@ class SQLiteStore:
                 raise not_found(f"certificate {fingerprint}")
 
     # -- history ----------------------------------------------------------------------------
-    def record(self, record: LoginRecord) -> None:  # replaced per instance in __init__
-        self._writer.record(record)
-
-    def login_history(
-        self,
-        *,
-        user_id: str | None = None,
-        failed_only: bool = False,
-        outcome: str | None = None,
-        since: dt.datetime | None = None,
-        until: dt.datetime | None = None,
-        limit: int | None = 100,
-    ) -> list[LoginRecord]:
+    def _login_history(self, query: HistoryFilter) -> list[LoginRecord]:
         self._writer.flush(self._db.busy_timeout)
-        where: list[str] = []
-        args: list[object] = []
-        if user_id is not None:
-            where.append("user_id = ?")
-            args.append(user_id)
-        if failed_only:
-            where.append("outcome != 'accepted'")
-        if outcome is not None:
-            where.append("outcome = ?")
-            args.append(str(outcome))
-        if since is not None:
-            where.append("time >= ?")
-            args.append(timestamp(since))
-        if until is not None:
-            where.append("time < ?")
-            args.append(timestamp(until))
-        sql = _where(_SELECT_HISTORY, where) + " ORDER BY time DESC, id DESC"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(max(0, limit))
+        sql, args = history_sql(_SELECT_HISTORY, "?", query)
         rows = self._read(lambda c: c.execute(sql, args).fetchall())
         return [LoginRecord._make(row) for row in rows]
 
-    def prune_history(self, *, older_than: dt.timedelta) -> int:
-        cutoff = history_cutoff(older_than)
+    def _prune_history(self, cutoff: float) -> int:
         self._writer.flush(self._db.busy_timeout)
         with self._write(invalidates=False) as conn:
             removed = conn.execute("DELETE FROM login_history WHERE time < ?", (cutoff,)).rowcount
         return int(removed)
 
     # -- audit ----------------------------------------------------------------------------
-    def record_audit(self, entry: AuditEntry) -> AuditEntry:
-        checked = check_audit_entry(entry)
+    def _record_audit(self, checked: AuditEntry) -> AuditEntry:
         with self._write(invalidates=False) as conn:
             cursor = conn.execute(
                 "INSERT INTO audit_log (actor, action, target, before, after, time)"
@@ -907,36 +784,8 @@ class SQLiteStore:
             new_id = cursor.lastrowid
         return replace(checked, id=int(new_id or 0))
 
-    def audit_log(
-        self,
-        *,
-        actor: str | None = None,
-        target: str | None = None,
-        action: str | None = None,
-        since: dt.datetime | None = None,
-        until: dt.datetime | None = None,
-        before_id: int | None = None,
-        limit: int | None = 100,
-    ) -> list[AuditEntry]:
-        where: list[str] = []
-        args: list[object] = []
-        for column, value in (("actor", actor), ("target", target), ("action", action)):
-            if value is not None:
-                where.append(f"{column} = ?")  # column names from the literal tuple above
-                args.append(str(value))
-        if since is not None:
-            where.append("time >= ?")
-            args.append(_micros(since))
-        if until is not None:
-            where.append("time < ?")
-            args.append(_micros(until))
-        if before_id is not None:
-            where.append("id < ?")
-            args.append(_sql_int(before_id))
-        sql = _where(_SELECT_AUDIT, where) + " ORDER BY id DESC"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(max(0, _sql_int(limit)))
+    def _audit_log(self, query: AuditFilter) -> list[AuditEntry]:
+        sql, args = audit_sql(_SELECT_AUDIT, "?", query, when=_micros)
         rows = self._read(lambda c: c.execute(sql, args).fetchall())
         return [
             AuditEntry(
@@ -947,9 +796,6 @@ class SQLiteStore:
             )
             for row in rows
         ]
-
-    def flush(self, timeout: float | None = None) -> bool:
-        return self._writer.flush(timeout)
 
     def close(self) -> None:
         """Flush the history, stop its thread and close the file. Idempotent."""
@@ -967,19 +813,8 @@ class SQLiteStore:
         self._gen.after_fork()
 
 
-def _where(select: str, conditions: Sequence[str]) -> str:
-    """``select`` with the (literal, parameterised) ``conditions`` ANDed."""
-    return select + (" WHERE " + " AND ".join(conditions) if conditions else "")
-
-
 def _principal(row: Sequence[Any]) -> Principal:
-    return Principal(
-        user_id=row[0],
-        org=row[1],
-        active=bool(row[2]),
-        org_cert_auth=bool(row[3]),
-        permissions=_permissions(row[4]),
-    )
+    return principal_from_row(row, _permissions)
 
 
 @contextlib.contextmanager
@@ -992,16 +827,3 @@ def _savepoint(conn: sqlite3.Connection) -> Iterator[None]:
         conn.execute("RELEASE upload")
         raise
     conn.execute("RELEASE upload")
-
-
-_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
-
-
-def _after_fork_in_child(stores: Iterable[SQLiteStore] = _STORES) -> None:
-    for store in list(stores):
-        if not store._closed:
-            store._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=functools.partial(_after_fork_in_child))

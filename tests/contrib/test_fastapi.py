@@ -6,8 +6,7 @@ reach them through the ASGI TLS extension (mtls_middleware.testing.with_client_c
 
 from __future__ import annotations
 
-import warnings
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import pytest
 from fastapi import APIRouter, FastAPI, Security, WebSocket
@@ -29,13 +28,9 @@ from mtls_middleware.contrib.fastapi import (
 )
 from mtls_middleware.contrib.starlette import MTLSAuthBackend
 from mtls_middleware.identity import require_certificate_login
-from mtls_middleware.testing import Issued, TestPKI, with_client_certificate
+from mtls_middleware.testing import Issued, TestPKI
+from tests.contrib.test_starlette import Mode, TestClient, client  # FastAPI's TestClient is Starlette's
 
-with warnings.catch_warnings():  # Starlette 1.x asks for httpx2; httpx is what it runs on here
-    warnings.simplefilter("ignore")
-    from fastapi.testclient import TestClient
-
-Mode = Literal["required", "optional"]
 NO_CERTIFICATE = {"error": "no_certificate", "message": Reason.NO_CERTIFICATE.message}
 
 
@@ -81,10 +76,6 @@ def stack(app: FastAPI, pki: TestPKI, store: MemoryStore, *, mode: Mode = "requi
     app.add_middleware(AuthenticationMiddleware, backend=MTLSAuthBackend())
     app.add_middleware(MTLSMiddleware, config=config)
     return app
-
-
-def client(app: Any, chain: Issued | None) -> TestClient:
-    return TestClient(with_client_certificate(app, chain) if chain is not None else app)
 
 
 # -- the dependencies -----------------------------------------------------------------------------

@@ -111,7 +111,8 @@ def make_app(
     return app
 
 
-def client(app: Starlette, chain: Issued | None) -> TestClient:
+def client(app: Any, chain: Issued | None) -> TestClient:
+    """A TestClient of ``app`` (any ASGI app) presenting ``chain`` through the TLS extension."""
     return TestClient(with_client_certificate(app, chain) if chain is not None else app)
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from mtls_middleware import ENVIRON_KEY, MemoryStore, MTLSConfig
+from mtls_middleware.admin.rest import serve_lifespan
 from mtls_middleware.asgi import MTLSMiddleware as ASGIMiddleware
 from mtls_middleware.sources.proxies import get_profile
 from mtls_middleware.stores.base import Store
@@ -151,13 +152,8 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 async def echo_asgi(scope: Scope, receive: Receive, send: Send) -> None:
     """An ASGI app answering HTTP with :func:`identity_json` (and accepting websockets)."""
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await serve_lifespan(receive, send)
+        return
     headers = dict(scope.get("headers") or ())
     raw_verify = headers.get(b"x-ssl-client-verify")
     verify = raw_verify.decode("latin-1") if raw_verify is not None else None

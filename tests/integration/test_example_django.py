@@ -8,7 +8,6 @@ Revocation is on (``require``): the CAs' CRLs lie in the example's ``pki/`` dire
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from tests.conftest import require_service
 
 from .clients import curl
 from .conftest import LOOPBACK, REPO_ROOT, Materials, Server, free_port, require_module, start_server
+from .examples import HEALTHY, Site, example_env, gunicorn_options, refusals, render_nginx_conf
 
 pytestmark = pytest.mark.services
 
@@ -81,10 +81,7 @@ def project(
     (pki_dir / "root.crl").write_bytes(crl_bytes(make_crl(pki.root)))
     (pki_dir / "issuing.crl").write_bytes(crl_bytes(make_crl(pki.issuing, [revoked.cert.serial_number])))
 
-    env = dict(os.environ)
-    env.update(
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
-        PYTHONUNBUFFERED="1",
+    env = example_env(
         PYTHON=sys.executable,
         MTLS_EXAMPLE_PKI=str(pki_dir),
         MTLS_EXAMPLE_DB=str(directory / "db.sqlite3"),
@@ -105,12 +102,7 @@ def project(
 def _run_script(kind: str) -> list[str]:
     if kind == "gunicorn":
         require_module("gunicorn")
-        from gunicorn.config import KNOWN_SETTINGS
-
-        argv = ["bash", str(EXAMPLE / "run-gunicorn.sh")]
-        if any(setting.name == "control_socket_disable" for setting in KNOWN_SETTINGS):
-            argv.append("--no-control-socket")  # gunicorn 24+: not ~/.gunicorn/, shared by all
-        return argv
+        return ["bash", str(EXAMPLE / "run-gunicorn.sh"), *gunicorn_options()]
     require_module("uvicorn")
     return ["bash", str(EXAMPLE / "run-uvicorn.sh")]
 
@@ -119,35 +111,24 @@ def _start_nginx(prefix: Path, pki_dir: Path, *, port: int, app_port: int) -> Se
     """nginx with the example's nginx.conf: only the listen and upstream ports replaced."""
     nginx = require_service("nginx", "nginx is not installed (apt-get install nginx-light)")
     conf = (EXAMPLE / "nginx.conf").read_text()
-    for old, new in (
-        ("listen 127.0.0.1:8443 ssl;", f"listen {LOOPBACK}:{port} ssl;"),
-        ("proxy_pass http://127.0.0.1:8000;", f"proxy_pass http://{LOOPBACK}:{app_port};"),
-    ):
-        assert conf.count(old) == 1, f"examples/django_project/nginx.conf no longer has {old!r}"
-        conf = conf.replace(old, new)
     for sub in ("logs", "tmp"):
         (prefix / sub).mkdir(exist_ok=True)
     shutil.copytree(pki_dir, prefix / "pki", dirs_exist_ok=True)
-    (prefix / "nginx.conf").write_text(conf)
-    # As root the workers would run as "nobody", who cannot enter pytest's 0700 tmp dirs.
-    directives = "daemon off;" + (" user root;" if os.geteuid() == 0 else "")
+    (prefix / "nginx.conf").write_text(render_nginx_conf("django_project", conf, port=port, app_port=app_port))
     argv = [nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e", str(prefix / "logs/error.log"),
-            "-g", directives]  # fmt: skip
+            "-g", "daemon off;"]  # fmt: skip
     return start_server("nginx (example)", argv, port=port, log=prefix / "nginx.out", tls=True)
 
 
 @dataclass(frozen=True)
 class Running:
     kind: str
-    nginx_port: int
+    site: Site
     app_port: int
-
-    def url(self, path: str) -> str:
-        return f"https://{LOOPBACK}:{self.nginx_port}{path}"
 
 
 @pytest.fixture(scope="module", params=["gunicorn", "uvicorn"])
-def running(request: pytest.FixtureRequest, project: Project) -> Iterator[Running]:
+def running(request: pytest.FixtureRequest, project: Project, materials: Materials) -> Iterator[Running]:
     """The example under its run script, nginx in front."""
     kind: str = request.param
     require_service("curl")
@@ -160,7 +141,10 @@ def running(request: pytest.FixtureRequest, project: Project) -> Iterator[Runnin
     try:
         nginx = _start_nginx(prefix, project.pki, port=nginx_port, app_port=app_port)
         try:
-            yield Running(kind, nginx_port, app_port)
+            # The clients by name: those of conftest.materials, and the one revoked in pki/issuing.crl.
+            clients = {name: (c.cert, c.key) for name, c in materials.clients.items()}
+            clients["revoked"] = (project.revoked, project.revoked_key)
+            yield Running(kind, Site(nginx_port, materials.root, clients), app_port)
         finally:
             nginx.stop()
     finally:
@@ -171,46 +155,29 @@ def running(request: pytest.FixtureRequest, project: Project) -> Iterator[Runnin
 def test_registered_certificate_gets_its_identity_and_user(
     running: Running, materials: Materials, path: str
 ) -> None:
-    alice = materials.clients["alice"]
-    answer = curl(running.url(path), cacert=materials.root, cert=alice.cert, key=alice.key)
-    assert answer.status == 200, answer
-    assert answer.json() == {
-        "user_id": "alice",
-        "org": "acme",
-        "fingerprint": alice.fingerprint,
-        "source": "proxy:nginx",
-        "revocation": "crl:good,crl:good",  # the leaf and the issuing CA, each by its CRL
-        "user": "alice",
-    }
+    assert running.site.json(path, "alice") == (
+        200,
+        {
+            "user_id": "alice",
+            "org": "acme",
+            "fingerprint": materials.clients["alice"].fingerprint,
+            "source": "proxy:nginx",
+            "revocation": "crl:good,crl:good",  # the leaf and the issuing CA, each by its CRL
+            "user": "alice",
+        },
+    )
 
 
-# client (a stem of materials.clients, "revoked", or None), status, reason code
-REFUSED = [
-    pytest.param("bob", 403, "unknown_certificate", id="unregistered"),
-    pytest.param("revoked", 403, "certificate_revoked", id="revoked-by-crl"),
-    pytest.param("foreign", 403, "untrusted_issuer", id="foreign-ca"),
-    pytest.param(None, 401, "no_certificate", id="no-certificate"),
-]
+# the clients: stems of materials.clients, and "revoked" (see running)
+@pytest.mark.parametrize(
+    ("client", "status", "reason"), refusals(unregistered="bob", revoked="revoked", other_ca="foreign")
+)
+def test_bad_certificate_gets_its_reason_code(running: Running, client: str | None, status: int, reason: str) -> None:
+    assert running.site.refusal("/whoami", client) == (status, reason)
 
 
-@pytest.mark.parametrize(("client", "status", "reason"), REFUSED)
-def test_bad_certificate_gets_its_reason_code(
-    running: Running, project: Project, materials: Materials, client: str | None, status: int, reason: str
-) -> None:
-    if client == "revoked":
-        cert, key = project.revoked, project.revoked_key
-    elif client is not None:
-        cert, key = materials.clients[client].cert, materials.clients[client].key
-    else:
-        cert = key = None
-    answer = curl(running.url("/whoami"), cacert=materials.root, cert=cert, key=key)
-    assert (answer.status, answer.error) == (status, reason)
-
-
-def test_health_is_exempt(running: Running, materials: Materials) -> None:
-    answer = curl(running.url("/health"), cacert=materials.root)
-    assert answer.status == 200, answer
-    assert answer.json() == {"status": "ok"}
+def test_health_is_exempt(running: Running) -> None:
+    assert running.site.json("/health") == HEALTHY
 
 
 def test_forged_header_past_nginx_is_refused(running: Running, materials: Materials) -> None:

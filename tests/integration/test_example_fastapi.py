@@ -15,13 +15,9 @@ import asyncio
 import hashlib
 import importlib.util
 import json
-import os
-import shutil
 import socket
 import ssl
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,17 +33,18 @@ from cryptography.hazmat.primitives import serialization
 from mtls_middleware.testing import Issued
 from tests.conftest import require_service
 
-from .clients import TIMEOUT, Response, curl
-from .conftest import (
-    LOOPBACK,
-    PROXY_ADDRESS,
-    REPO_ROOT,
-    START_TIMEOUT,
-    answers_http,
-    free_port,
-    require_module,
-    start_server,
+from .clients import TIMEOUT, curl
+from .conftest import LOOPBACK, PROXY_ADDRESS, REPO_ROOT, free_port, require_module
+from .examples import (
+    HEALTHY,
+    copy_with_demo,
+    demo_clients,
+    example_env,
+    refusals,
+    render_nginx_conf,
+    run_script,
 )
+from .examples import Site as ExampleSite
 
 pytestmark = pytest.mark.services
 
@@ -57,49 +54,18 @@ SERVERS = ("uvicorn", "hypercorn")
 
 
 @dataclass(frozen=True)
-class Site:
+class Site(ExampleSite):
     server: str
     directory: Path
-    port: int
     app_port: int
 
     @property
     def demo(self) -> Path:
         return self.directory / "demo"
 
-    def get(self, path: str = "/whoami", client: str | None = None) -> Response:
-        cert = self.demo / f"{client}.pem" if client else None
-        key = self.demo / f"{client}.key" if client else None
-        return curl(f"https://localhost:{self.port}{path}", cacert=self.demo / "root.pem",
-                    cert=cert, key=key, resolve=f"localhost:{self.port}:{LOOPBACK}")  # fmt: skip
-
     def fingerprint(self, client: str) -> str:
         leaf = x509.load_pem_x509_certificate((self.demo / f"{client}.pem").read_bytes())
         return hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).hexdigest()
-
-
-def render(conf: str, *, port: int, app_port: int) -> str:
-    """The example's nginx.conf for a test: other ports, and nginx's own upstream address."""
-    for old, new in (
-        ("listen 127.0.0.1:8443 ssl;", f"listen {LOOPBACK}:{port} ssl;"),
-        (
-            "proxy_pass http://127.0.0.1:8000;",
-            f"proxy_pass http://{LOOPBACK}:{app_port};\n            proxy_bind {PROXY_ADDRESS};",
-        ),
-    ):
-        assert conf.count(old) == 1, f"examples/fastapi_app/nginx.conf no longer holds {old!r}"
-        conf = conf.replace(old, new)
-    # As root the workers would run as "nobody", who cannot enter pytest's 0700 tmp dirs.
-    return ("user root;\n" if os.geteuid() == 0 else "") + conf
-
-
-def _wait_closed(port: int) -> bool:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if not answers_http(port, tls=False):
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.fixture(scope="module", params=SERVERS)
@@ -110,43 +76,26 @@ def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     require_module(server)
     require_module("fastapi")
     directory = tmp_path_factory.mktemp(f"fastapi-example-{server}")
-    for name in FILES:
-        shutil.copy2(EXAMPLE / name, directory / name)
-    env = dict(os.environ)
-    env.update(
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
-        PYTHONUNBUFFERED="1",
-    )
-    subprocess.run([sys.executable, "make_demo.py"], cwd=directory, env=env, check=True,
-                   capture_output=True, timeout=60)  # fmt: skip
-
+    env = example_env()
+    copy_with_demo("fastapi_app", FILES, directory, env)
     port, app_port = free_port(), free_port()
     conf = directory / "nginx.test.conf"
-    conf.write_text(render((directory / "nginx.conf").read_text(), port=port, app_port=app_port))
+    # nginx connects upstream from its own address, the app's only trusted proxy.
+    conf.write_text(
+        render_nginx_conf(
+            "fastapi_app", (directory / "nginx.conf").read_text(), port=port, app_port=app_port,
+            upstream_extra=f"\n            proxy_bind {PROXY_ADDRESS};",
+        )
+    )  # fmt: skip
     env.update(
         BIND=f"{LOOPBACK}:{app_port}",
         NGINX_CONF=conf.name,
         PYTHON=sys.executable,
         MTLS_TRUSTED_PROXIES=PROXY_ADDRESS,
     )
-    script = directory / f"run-{server}.sh"
-    process = start_server(
-        f"{script.name} (nginx + {server})", ["sh", str(script)],
-        port=port, log=directory / "run.log", env=env, tls=True,
-    )  # fmt: skip
-    try:
-        # nginx answers (502) before the ASGI server has imported the app.
-        deadline = time.monotonic() + START_TIMEOUT
-        while not answers_http(app_port, tls=False):
-            if time.monotonic() > deadline or process.process.poll() is not None:
-                pytest.fail(f"{server} did not answer on {app_port}\n{process.log_text()}", pytrace=False)
-            time.sleep(0.05)
-        yield Site(server, directory, port, app_port)
-    finally:
-        process.stop()
-    # The run script stops both servers when it is stopped: nothing may be left listening.
-    assert _wait_closed(app_port), f"{server} still answers after the run script stopped\n{process.log_text()}"
-    assert _wait_closed(port), f"nginx still answers after the run script stopped\n{process.log_text()}"
+    with run_script(directory / f"run-{server}.sh", server, port=port, app_port=app_port, env=env):
+        demo = directory / "demo"
+        yield Site(port, demo / "root.pem", demo_clients(demo), server, directory, app_port)
 
 
 # -- HTTP through nginx ---------------------------------------------------------------------------
@@ -164,26 +113,18 @@ def test_registered_certificate_gets_through_with_its_identity(site: Site) -> No
     }
 
 
-REFUSED = [
-    pytest.param("bob", 403, "unknown_certificate", id="unregistered"),
-    pytest.param("carol", 403, "user_inactive", id="user-deactivated"),
-    pytest.param("eve", 403, "certificate_revoked", id="revoked-in-crl"),
-    pytest.param("mallory", 403, "untrusted_issuer", id="other-ca"),
-    pytest.param(None, 401, "no_certificate", id="no-certificate"),
-]
-
-
-@pytest.mark.parametrize(("client", "status", "reason"), REFUSED)
+@pytest.mark.parametrize(
+    ("client", "status", "reason"),
+    refusals(unregistered="bob", inactive="carol", revoked="eve", other_ca="mallory"),
+)
 def test_bad_certificate_gets_its_reason_code(
     site: Site, client: str | None, status: int, reason: str
 ) -> None:
-    answer = site.get("/whoami", client)
-    assert (answer.status, answer.error) == (status, reason)
+    assert site.refusal("/whoami", client) == (status, reason)
 
 
 def test_exempt_health_path_needs_no_certificate(site: Site) -> None:
-    answer = site.get("/health")
-    assert (answer.status, answer.json()) == (200, {"status": "ok"})
+    assert site.json("/health") == HEALTHY
 
 
 def test_served_openapi_declares_mutual_tls(site: Site) -> None:

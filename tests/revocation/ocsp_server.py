@@ -39,7 +39,6 @@ import http.server
 import threading
 import urllib.parse
 from dataclasses import dataclass
-from types import TracebackType
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -227,12 +226,7 @@ class OCSPTestResponder:
     def __enter__(self) -> OCSPTestResponder:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     # --- answering ---------------------------------------------------------------------------

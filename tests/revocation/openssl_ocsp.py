@@ -38,7 +38,6 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the relay runs this file as a script: no imports beyond the stdlib at run time
@@ -315,12 +314,7 @@ class OpenSSLOCSPResponder:
     def __enter__(self) -> OpenSSLOCSPResponder:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
 

@@ -27,6 +27,7 @@ from mtls_middleware.revocation.crl import CRLSource, crl_der
 from mtls_middleware.revocation.shared import SharedCache
 from mtls_middleware.testing import Issued, TestPKI, crl_bytes, make_crl
 from mtls_middleware.wsgi import MTLSMiddleware
+from tests.revocation import test_middleware
 from tests.revocation.crl_server import CRLServer
 from tests.revocation.ocsp_server import OCSPTestResponder
 from tests.revocation.redis_server import RedisServer, silent_port
@@ -54,16 +55,9 @@ def redis_db(redis_server: RedisServer) -> Iterator[Any]:
     client.close()
 
 
-@pytest.fixture
-def responder(pki: TestPKI) -> Iterator[OCSPTestResponder]:
-    with OCSPTestResponder(pki.issuing) as r:
-        yield r
-
-
-@pytest.fixture
-def crls() -> Iterator[CRLServer]:
-    with CRLServer() as s:
-        yield s
+# The real OCSP responder and CRL server of the middleware tests, function-scoped fixtures.
+responder = test_middleware.responder
+crls = test_middleware.crls
 
 
 class Cluster:

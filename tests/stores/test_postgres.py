@@ -9,9 +9,7 @@ import contextlib
 import datetime as dt
 import os
 import socket
-import subprocess
 import sys
-import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,22 +18,27 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from werkzeug.test import Client
 
-from mtls_middleware import MTLSConfig
 from mtls_middleware.errors import ConfigurationError, MTLSError, Reason
 from mtls_middleware.history import LoginRecord
 from mtls_middleware.stores import open_store
 from mtls_middleware.testing import Issued, TestPKI
-from mtls_middleware.wsgi import MTLSMiddleware
 from tests.integration.conftest import free_port
 from tests.stores.backend_postgresql import DSN, drop_schemas, new_schema, require_postgres
+from tests.stores.helpers import (
+    changes_refusing_alice,
+    finish,
+    history_record,
+    race_to_upload,
+    run_python,
+    tls_environ,
+    use_in_a_forked_child,
+    wsgi_client,
+)
 
 psycopg = pytest.importorskip("psycopg")
 
 from mtls_middleware.stores.postgres import SCHEMA_VERSION, PostgresStore  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -68,26 +71,12 @@ def _wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
     return condition()
 
 
-def _ok(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-    start_response("200 OK", [])
-    return [b"ok"]
 
 
-def _environ(leaf: Issued, pki: TestPKI) -> dict[str, str]:
-    return {
-        "SSL_CLIENT_CERT": leaf.cert.public_bytes(serialization.Encoding.PEM).decode(),
-        "SSL_CLIENT_CERT_CHAIN_0": pki.issuing.cert.public_bytes(serialization.Encoding.PEM).decode(),
-        "REMOTE_ADDR": "127.0.0.1",
-    }
 
 
-def _client(store: PostgresStore, pki: TestPKI) -> Client:
-    config = MTLSConfig(trust_roots=[pki.root.cert], store=store, revocation="off")
-    return Client(MTLSMiddleware(_ok, config))
 
 
-def _record(index: int, user: str = "alice") -> LoginRecord:
-    return LoginRecord("accepted", "tls:environ", user_id=user, time=1000.0 + index, peer="192.0.2.1")
 
 
 # -- URLs and start-up ----------------------------------------------------------------------------
@@ -245,69 +234,17 @@ def test_a_pooled_connection_killed_by_the_server_is_replaced_unseen(schema: str
 # -- races between processes ----------------------------------------------------------------------
 
 
-def _python(script: str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(script), *args],
-        cwd=REPO,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
-def _finish(proc: subprocess.Popen[str]) -> str:
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
-    return out
-
-
-RACER = """
-    import sys
-    from mtls_middleware.errors import MTLSError
-    from mtls_middleware.stores import open_store
-    url, directory, rounds, user = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    store = open_store(url)
-    pems = [open(f"{directory}/cert-{index}.pem", "rb").read() for index in range(rounds)]
-    print("ready", flush=True)
-    for index in range(rounds):
-        sys.stdin.readline()  # both racers are released by one write of the parent
-        try:
-            store.upload_certificate(pems[index], user_id=user)
-            print(index, "ok", flush=True)
-        except MTLSError as exc:
-            print(index, exc.reason.value, flush=True)
-    store.close()
-"""
 
 
 def test_two_processes_racing_to_upload_one_certificate(schema: str, tmp_path: Path, pki: TestPKI) -> None:
-    rounds = 4
     with PostgresStore(DSN, schema=schema) as store:
         store.add_user("p0", org="one")
         store.add_user("p1", org="two")
-    for index in range(rounds):
-        (tmp_path / f"cert-{index}.pem").write_bytes(pki.issue_client(f"raced{index}").chain_pem)
-    racers = [_python(RACER, _url(schema), str(tmp_path), str(rounds), f"p{n}") for n in range(2)]
-    try:
-        for proc in racers:
-            assert proc.stdout is not None
-            assert proc.stdout.readline().strip() == "ready"
-        outcomes: list[list[str]] = []
-        for index in range(rounds):
-            for proc in racers:
-                assert proc.stdin is not None
-                proc.stdin.write("go\n")
-                proc.stdin.flush()
-            lines = [proc.stdout.readline().split() for proc in racers if proc.stdout is not None]
-            assert [line[0] for line in lines] == [str(index)] * 2
-            outcomes.append(sorted(line[1] for line in lines))
-    finally:
-        for proc in racers:
-            _finish(proc)
-    assert outcomes == [["duplicate_certificate", "ok"]] * rounds
+    assert race_to_upload(_url(schema), tmp_path, pki, rounds=4) == [["duplicate_certificate", "ok"]] * 4
     with PostgresStore(DSN, schema=schema) as store:
-        assert len(store.list_certificates()) == rounds
+        assert len(store.list_certificates()) == 4
 
 
 # -- invalidation across processes ----------------------------------------------------------------
@@ -362,12 +299,7 @@ CHANGER = """
 
 
 @pytest.mark.parametrize(
-    ("change", "reason"),
-    [
-        pytest.param("delete", "unknown_certificate", id="certificate-deleted"),
-        pytest.param("deactivate", "user_inactive", id="user-deactivated"),
-        pytest.param("org-off", "certificate_auth_disabled", id="org-switched-off"),
-    ],
+    ("change", "reason"), changes_refusing_alice(delete="delete", deactivate="deactivate", org_off="org-off")
 )
 def test_a_change_in_one_worker_process_is_refused_by_another(
     schema: str, tmp_path: Path, pki: TestPKI, alice: Issued, change: str, reason: str
@@ -380,9 +312,9 @@ def test_a_change_in_one_worker_process_is_refused_by_another(
     materials = tmp_path / "materials.json"
     root = tmp_path / "root.pem"
     root.write_bytes(pki.root.cert.public_bytes(serialization.Encoding.PEM))
-    materials.write_text(json.dumps({"root": str(root), "environ": _environ(alice, pki)}))
-    worker = _python(WORKER, _url(schema), str(materials))
-    changer = _python(CHANGER, _url(schema), change, alice.fingerprint)
+    materials.write_text(json.dumps({"root": str(root), "environ": tls_environ(alice, pki)}))
+    worker = run_python(WORKER, _url(schema), str(materials))
+    changer = run_python(CHANGER, _url(schema), change, alice.fingerprint)
     try:
         assert worker.stdout is not None
         assert changer.stdout is not None
@@ -394,8 +326,8 @@ def test_a_change_in_one_worker_process_is_refused_by_another(
         started, committed, _ = changer.stdout.readline().split()
         refused_at, error = worker.stdout.readline().split()
     finally:
-        _finish(worker)
-        _finish(changer)
+        finish(worker)
+        finish(changer)
     assert error == reason
     print(
         f"\n{change}: refused by the other worker {(float(refused_at) - float(started)) * 1000:.1f} ms "
@@ -418,8 +350,8 @@ def test_a_killed_listener_drops_cached_verdicts_and_reconnects(
     with PostgresStore(DSN, schema=schema, fallback_interval=60.0, reconnect_delay=0.1) as store:
         store.add_user("alice", org="acme")
         store.upload_certificate(alice.chain_pem, user_id="alice")
-        client = _client(store, pki)
-        assert client.get("/", environ_overrides=_environ(alice, pki)).status_code == 200
+        client = wsgi_client(store, pki)
+        assert client.get("/", environ_overrides=tls_environ(alice, pki)).status_code == 200
         before = store.generation
         killed = _sql(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
@@ -432,7 +364,7 @@ def test_a_killed_listener_drops_cached_verdicts_and_reconnects(
         with PostgresStore(DSN, schema=schema) as other:
             other.delete_certificate(alice.fingerprint)
         assert _wait_for(
-            lambda: client.get("/", environ_overrides=_environ(alice, pki)).status_code == 403, 5.0
+            lambda: client.get("/", environ_overrides=tls_environ(alice, pki)).status_code == 403, 5.0
         )
 
 
@@ -440,21 +372,9 @@ def test_a_killed_listener_drops_cached_verdicts_and_reconnects(
 def test_a_forked_child_uses_connections_of_its_own(schema: str, alice: Issued) -> None:
     with PostgresStore(DSN, schema=schema) as store:
         store.add_user("alice")
-        store.record(_record(0))
+        store.record(history_record(0))
         assert store.flush(10)
-        pid = os.fork()
-        if pid == 0:  # the child must not touch the parent's connections or threads
-            code = 1
-            try:
-                for index in range(1, 6):
-                    store.record(_record(index, "child"))
-                store.upload_certificate(alice.chain_pem, user_id="alice")
-                store.close()
-                code = 0
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+        assert use_in_a_forked_child(store, alice.chain_pem) == 0
         # The parent's connections survived the child's exit.
         assert store.resolve_certificate(alice.fingerprint) is not None
         assert len(store.login_history(user_id="child")) == 5
@@ -548,8 +468,8 @@ def test_an_outage_gives_503_keeps_the_history_and_recovers_without_restart(
     try:
         store.add_user("alice", org="acme")
         store.upload_certificate(alice.chain_pem, user_id="alice")
-        client = _client(store, pki)
-        environ = _environ(alice, pki)
+        client = wsgi_client(store, pki)
+        environ = tls_environ(alice, pki)
         assert client.get("/", environ_overrides=environ).status_code == 200
         assert client.get("/", environ_overrides=environ).status_code == 200  # cached
 
@@ -591,8 +511,8 @@ def test_a_server_that_stops_answering_drops_cached_verdicts_within_the_bound(
     try:
         store.add_user("alice", org="acme")
         store.upload_certificate(alice.chain_pem, user_id="alice")
-        client = _client(store, pki)
-        assert client.get("/", environ_overrides=_environ(alice, pki)).status_code == 200
+        client = wsgi_client(store, pki)
+        assert client.get("/", environ_overrides=tls_environ(alice, pki)).status_code == 200
         assert store.listener_connected
         before = store.generation
         relay.frozen = True
@@ -613,7 +533,7 @@ def test_an_outage_longer_than_the_backlog_loses_a_counted_number_of_records(
         relay.cut()
         assert _wait_for(lambda: not store.listener_connected)
         for index in range(8):
-            store.record(_record(index))
+            store.record(history_record(index))
         store.history_writer.flush(10)
         assert store.history_backlog == 5
         assert store.history_dropped == 3
@@ -629,12 +549,12 @@ def test_an_outage_longer_than_the_backlog_loses_a_counted_number_of_records(
 def test_history_written_during_an_outage_arrives_once_and_in_order(relay: Relay, schema: str) -> None:
     store = _through(relay, schema)
     try:
-        store.record(_record(0))
+        store.record(history_record(0))
         assert store.flush(10)
         relay.cut()
         assert _wait_for(lambda: not store.listener_connected)
         for index in range(1, 201):
-            store.record(_record(index))
+            store.record(history_record(index))
         relay.restore()
         # Nobody calls flush or records more: the listener's reconnection writes the backlog.
         assert _wait_for(lambda: store.history_backlog == 0 and store.history_writer.pending == 0, 15.0)
@@ -664,7 +584,7 @@ def test_nul_characters_never_reach_postgresql_as_errors(schema: str) -> None:
 def test_naive_and_aware_datetimes_filter_the_history_alike(schema: str) -> None:
     with PostgresStore(DSN, schema=schema) as store:
         for index in range(3):
-            store.record(_record(index))
+            store.record(history_record(index))
         naive = dt.datetime(1970, 1, 1, 0, 16, 41)
         assert [r.time for r in store.login_history(since=naive)] == [1002.0, 1001.0]
         assert [r.time for r in store.login_history(since=naive.replace(tzinfo=dt.timezone.utc))] == [

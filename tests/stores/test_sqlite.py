@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -22,8 +19,7 @@ from mtls_middleware.stores import SQLiteStore, open_store
 from mtls_middleware.stores import sqlite as sqlite_module
 from mtls_middleware.stores.sqlite import APPLICATION_ID, SCHEMA_VERSION
 from mtls_middleware.testing import Issued, TestPKI
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.stores.helpers import finish, history_record, race_to_upload, run_python, use_in_a_forked_child
 
 
 @pytest.fixture
@@ -50,8 +46,6 @@ def _scalar(db: Path, sql: str) -> object:
         conn.close()
 
 
-def _record(index: int, user: str = "alice") -> LoginRecord:
-    return LoginRecord("accepted", "tls:environ", user_id=user, time=1000.0 + index, peer="192.0.2.1")
 
 
 # -- URLs -----------------------------------------------------------------------------------------
@@ -87,7 +81,7 @@ def test_memory_url() -> None:
         generation = store.generation
         store.set_user_active("alice", False)
         assert store.generation != generation
-        store.record(_record(1))
+        store.record(history_record(1))
         assert [r.time for r in store.login_history()] == [1001.0]
     finally:
         store.close()
@@ -124,7 +118,7 @@ def test_reopening_keeps_the_data_and_migrates_nothing(db: Path, alice: Issued) 
     with SQLiteStore(db) as first:
         first.add_user("alice", org="acme")
         first.upload_certificate(alice.chain_pem, user_id="alice")
-        first.record(_record(1))
+        first.record(history_record(1))
         generation = first.generation
     for _ in range(2):
         with SQLiteStore(db) as again:
@@ -265,68 +259,17 @@ def test_a_symbolic_link_in_place_of_the_generation_file_is_refused(db: Path, tm
     assert target.read_bytes() == b""
 
 
-def _python(script: str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(script), *args],
-        cwd=REPO,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
-def _finish(proc: subprocess.Popen[str]) -> str:
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
-    return out
-
-
-RACER = """
-    import os, sys, time
-    from mtls_middleware.errors import MTLSError
-    from mtls_middleware.stores import open_store
-    url, directory, rounds, user = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    store = open_store(url)
-    print("ready", flush=True)
-    for index in range(rounds):
-        pem = open(os.path.join(directory, f"cert-{index}.pem"), "rb").read()
-        go = os.path.join(directory, f"go-{index}")
-        while not os.path.exists(go):
-            time.sleep(0.0002)
-        try:
-            store.upload_certificate(pem, user_id=user)
-            print(index, "ok", flush=True)
-        except MTLSError as exc:
-            print(index, exc.reason.value, flush=True)
-    store.close()
-"""
 
 
 def test_two_processes_racing_to_upload_one_certificate(db: Path, tmp_path: Path, pki: TestPKI) -> None:
-    rounds = 4
     with SQLiteStore(db) as store:
         store.add_user("p0", org="one")
         store.add_user("p1", org="two")
-    for index in range(rounds):
-        (tmp_path / f"cert-{index}.pem").write_bytes(pki.issue_client(f"raced{index}").chain_pem)
-    racers = [_python(RACER, f"sqlite:///{db}", str(tmp_path), str(rounds), f"p{n}") for n in range(2)]
-    try:
-        for proc in racers:
-            assert proc.stdout is not None
-            assert proc.stdout.readline().strip() == "ready"
-        outcomes: list[list[str]] = []
-        for index in range(rounds):
-            (tmp_path / f"go-{index}").touch()
-            lines = [proc.stdout.readline().split() for proc in racers if proc.stdout is not None]
-            assert [line[0] for line in lines] == [str(index)] * 2
-            outcomes.append(sorted(line[1] for line in lines))
-    finally:
-        for proc in racers:
-            _finish(proc)
-    assert outcomes == [["duplicate_certificate", "ok"]] * rounds
+    assert race_to_upload(f"sqlite:///{db}", tmp_path, pki, rounds=4) == [["duplicate_certificate", "ok"]] * 4
     with SQLiteStore(db) as store:
-        assert len(store.list_certificates()) == rounds
+        assert len(store.list_certificates()) == 4
 
 
 DELETER = """
@@ -355,7 +298,7 @@ def test_a_delete_in_another_process_is_seen_at_once(db: Path, alice: Issued) ->
         store.upload_certificate(alice.cert_pem, user_id="alice")
         before = store.generation
         assert store.resolve_certificate(alice.fingerprint) is not None
-        _finish(_python(DELETER, f"sqlite:///{db}", alice.fingerprint))
+        finish(run_python(DELETER, f"sqlite:///{db}", alice.fingerprint))
         assert store.generation != before
         assert store.resolve_certificate(alice.fingerprint) is None
 
@@ -364,7 +307,7 @@ def test_another_process_sees_a_delete_at_once(db: Path, alice: Issued) -> None:
     with SQLiteStore(db) as store:
         store.add_user("alice")
         store.upload_certificate(alice.cert_pem, user_id="alice")
-        watcher = _python(WATCHER, f"sqlite:///{db}", alice.fingerprint)
+        watcher = run_python(WATCHER, f"sqlite:///{db}", alice.fingerprint)
         assert watcher.stdout is not None
         assert watcher.stdin is not None
         generation, known = watcher.stdout.readline().split()
@@ -372,7 +315,7 @@ def test_another_process_sees_a_delete_at_once(db: Path, alice: Issued) -> None:
         store.delete_certificate(alice.fingerprint)
         watcher.stdin.write("go\n")
         watcher.stdin.flush()
-        after, still_known = _finish(watcher).split()
+        after, still_known = finish(watcher).split()
     assert after != generation
     assert still_known == "False"
 
@@ -381,22 +324,10 @@ def test_another_process_sees_a_delete_at_once(db: Path, alice: Issued) -> None:
 def test_a_forked_child_uses_connections_and_a_writer_of_its_own(db: Path, alice: Issued) -> None:
     with SQLiteStore(db) as store:
         store.add_user("alice")
-        store.record(_record(0))
+        store.record(history_record(0))
         store.flush()
-        pid = os.fork()
-        if pid == 0:  # the child: must not touch the parent's connection or writer thread
-            code = 1
-            try:
-                for index in range(1, 6):
-                    store.record(_record(index, "child"))
-                store.upload_certificate(alice.cert_pem, user_id="alice")
-                store.close()
-                code = 0
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
-        store.record(_record(9))
+        assert use_in_a_forked_child(store, alice.cert_pem) == 0
+        store.record(history_record(9))
         assert len(store.login_history(user_id="child")) == 5
         assert len(store.login_history()) == 7
         assert store.resolve_certificate(alice.fingerprint) is not None
@@ -408,7 +339,7 @@ def test_a_forked_child_uses_connections_and_a_writer_of_its_own(db: Path, alice
 def test_a_burst_of_records_then_flush_gives_every_row(store: SQLiteStore, db: Path) -> None:
     count = 5000
     for index in range(count):
-        store.record(_record(index))
+        store.record(history_record(index))
     assert store.flush(timeout=30) is True
     assert _scalar(db, "SELECT count(*) FROM login_history") == count
     assert _scalar(db, "SELECT count(DISTINCT time) FROM login_history") == count
@@ -417,7 +348,7 @@ def test_a_burst_of_records_then_flush_gives_every_row(store: SQLiteStore, db: P
 def test_records_from_many_threads_all_arrive(store: SQLiteStore) -> None:
     def work(n: int) -> None:
         for index in range(300):
-            store.record(_record(n * 1000 + index, user=f"t{n}"))
+            store.record(history_record(n * 1000 + index, user=f"t{n}"))
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(6)]
     for thread in threads:
@@ -431,7 +362,7 @@ def test_records_from_many_threads_all_arrive(store: SQLiteStore) -> None:
 def test_close_flushes(db: Path) -> None:
     store = SQLiteStore(db)
     for index in range(700):
-        store.record(_record(index))
+        store.record(history_record(index))
     store.close()
     assert _scalar(db, "SELECT count(*) FROM login_history") == 700
 
@@ -446,7 +377,7 @@ def test_a_clean_interpreter_exit_loses_nothing(db: Path) -> None:
             store.record(LoginRecord("accepted", "tls", time=float(index)))
         # neither flush() nor close(): the exit handler must write them
     """
-    _finish(_python(script, f"sqlite:///{db}"))
+    finish(run_python(script, f"sqlite:///{db}"))
     assert _scalar(db, "SELECT count(*) FROM login_history") == 2000
 
 
@@ -461,7 +392,7 @@ def test_back_pressure_waits_instead_of_dropping(db: Path) -> None:
 
     store._writer._channel.write_batch = slow_write
     try:
-        recorder = threading.Thread(target=lambda: [store.record(_record(i)) for i in range(10)])
+        recorder = threading.Thread(target=lambda: [store.record(history_record(i)) for i in range(10)])
         recorder.start()
         deadline = time.monotonic() + 30
         while store.history_writer.waits == 0 and time.monotonic() < deadline:

@@ -34,16 +34,29 @@ import functools
 import json
 import threading
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+from cryptography import x509
 from django.conf import settings
 from django.core.exceptions import AppRegistryNotReady, ImproperlyConfigured
 from django.db import DatabaseError, IntegrityError, OperationalError, connections, transaction
 from django.utils import timezone
 
 from ...errors import ConfigurationError, ManagementError, MTLSError, Reason
-from ...history import HistoryWriter, LoginRecord, history_cutoff, timestamp
+from ...history import ACCEPTED, HistoryWriter, LoginRecord, timestamp
+from ...stores._common import (
+    AuditFilter,
+    HistoryFilter,
+    StoreFront,
+    UploadBatch,
+    WrittenHistory,
+    batch_candidates,
+    certificate_from_row,
+    first_of_each,
+    principal_from_row,
+    upload_record,
+)
 from ...stores.base import (
     AuditEntry,
     BatchRefused,
@@ -52,16 +65,8 @@ from ...stores.base import (
     Principal,
     Upload,
     UserRecord,
-    check_audit_entry,
-    check_label,
-    check_org,
-    check_permissions,
-    check_upload,
-    check_uploads,
-    check_user_id,
     duplicate,
     not_found,
-    record_from_upload,
     unknown_user,
 )
 
@@ -125,30 +130,14 @@ _CERT_FIELDS = (
     "fingerprint", "user__user_id", "user__org__name", "label", "pem", "subject", "issuer", "serial",
     "not_before", "not_after", "uploaded_at", "uploaded_by",
 )
-_HISTORY_FIELDS = (
-    "outcome", "source", "fingerprint", "subject", "issuer", "serial", "user_id", "org", "detail",
-    "revocation", "time", "peer",
-)
+_HISTORY_FIELDS = LoginRecord._fields
 # CharField lengths of the history table: a longer value (a hostile subject becomes none of these,
 # but be sure) is cut rather than failing its whole batch.
 _HISTORY_LIMITS = {"outcome": 64, "fingerprint": 64, "user_id": m.NAME_LENGTH, "org": m.NAME_LENGTH}
 
 
 def _certificate(row: Sequence[Any]) -> CertificateRecord:
-    return CertificateRecord(
-        fingerprint=row[0],
-        user_id=row[1],
-        org=row[2],
-        label=row[3],
-        pem=bytes(row[4]),
-        subject=row[5],
-        issuer=row[6],
-        serial=row[7],
-        not_before=_from_db(row[8]),
-        not_after=_from_db(row[9]),
-        uploaded_at=_from_db(row[10]),
-        uploaded_by=row[11],
-    )
+    return certificate_from_row(row, _from_db)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -157,13 +146,13 @@ def _decoded(text: str) -> frozenset[str]:
     return frozenset(json.loads(text))
 
 
-def _principal(row: Sequence[Any]) -> Principal:
+def _raw_permissions(value: Any) -> frozenset[str]:
     # Raw SQL: the JSON column comes as text (SQLite) or already decoded (some drivers).
-    permissions = row[4]
-    names = _decoded(permissions) if isinstance(permissions, str) else _names(permissions)
-    return Principal(
-        user_id=row[0], org=row[1], active=bool(row[2]), org_cert_auth=bool(row[3]), permissions=names
-    )
+    return _decoded(value) if isinstance(value, str) else _names(value)
+
+
+def _principal(row: Sequence[Any]) -> Principal:
+    return principal_from_row(row, _raw_permissions)
 
 
 def _resolve_sql(using: str) -> tuple[str, str]:
@@ -213,7 +202,7 @@ def _audit(row: m.AuditEntry) -> AuditEntry:
     )
 
 
-class DjangoStore:
+class DjangoStore(WrittenHistory, StoreFront):
     """A :class:`~mtls_middleware.stores.base.Store` over the app's models (see the module docs).
 
     ``using`` names the database; ``history_queue`` bounds the login records buffered in memory
@@ -259,20 +248,9 @@ class DjangoStore:
     def __repr__(self) -> str:
         return f"DjangoStore(using={self.using!r})"
 
-    def __enter__(self) -> DjangoStore:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
     @property
     def generation(self) -> int:
         return self._watch.value
-
-    @property
-    def history_writer(self) -> HistoryWriter:
-        """The login-history writer (its ``waits``, ``written`` and ``lost`` counters)."""
-        return self._writer
 
     # -- plumbing ---------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -326,9 +304,7 @@ class DjangoStore:
         return self._resolve(self._sql[1], user_id)
 
     # -- organisations ----------------------------------------------------------------------
-    def set_org(self, org: str, *, cert_auth: bool) -> OrgRecord:
-        check_org(org)
-        _check_name(org, "an organisation name")
+    def _set_org(self, org: str, cert_auth: bool) -> OrgRecord:
         _check_text(self.using, org)
         with self._write(invalidates=True):
             m.Organisation.objects.using(self.using).update_or_create(
@@ -343,24 +319,18 @@ class DjangoStore:
         return [OrgRecord(name, bool(on)) for name, on in sorted(rows)]
 
     # -- users ------------------------------------------------------------------------------
-    def add_user(
-        self,
-        user_id: str,
-        *,
-        org: str = "default",
-        active: bool = True,
-        permissions: Iterable[str] = (),
-    ) -> UserRecord:
-        check_user_id(user_id)
+    def _refuse_user_id(self, user_id: str) -> None:
         if len(user_id) > m.NAME_LENGTH:
             raise ManagementError(
                 Reason.UNKNOWN_USER, f"a user id must be at most {m.NAME_LENGTH} characters"
             )
-        check_org(org)
+
+    def _refuse_org(self, org: str) -> None:
         _check_name(org, "an organisation name")
-        names = check_permissions(permissions)
+
+    def _add_user(self, record: UserRecord) -> UserRecord:
+        user_id, org, names = record.user_id, record.org, record.permissions
         _check_text(self.using, user_id, org, *names)
-        record = UserRecord(user_id, org, bool(active), names)
         with self._write(invalidates=True):
             organisation, _ = m.Organisation.objects.using(self.using).get_or_create(name=org)
             m.CertificateUser.objects.using(self.using).update_or_create(
@@ -397,8 +367,7 @@ class DjangoStore:
     def set_user_active(self, user_id: str, active: bool) -> UserRecord:
         return self._update_user(user_id, active=bool(active))
 
-    def set_user_permissions(self, user_id: str, permissions: Iterable[str]) -> UserRecord:
-        names = check_permissions(permissions)
+    def _set_user_permissions(self, user_id: str, names: frozenset[str]) -> UserRecord:
         _check_text(self.using, *names)
         return self._update_user(user_id, permissions=sorted(names))
 
@@ -418,25 +387,15 @@ class DjangoStore:
             uploaded_by=record.uploaded_by,
         )
 
-    def upload_certificate(
-        self,
-        pem: bytes,
-        *,
-        user_id: str,
-        label: str | None = None,
-        uploaded_by: str | None = None,
+    def _upload_certificate(
+        self, upload: Upload, leaf: x509.Certificate, uploaded_by: str | None
     ) -> CertificateRecord:
-        leaf, _chain = check_upload(pem)
-        check_label(label)
-        check_user_id(user_id)
-        _check_text(self.using, label, uploaded_by)
+        _check_text(self.using, upload.label, uploaded_by)
         with self._write(invalidates=True):
-            user = self._users().filter(user_id=user_id).first()
+            user = self._users().filter(user_id=upload.user_id).first()
             if user is None:
-                raise unknown_user(user_id)
-            record = record_from_upload(
-                pem, leaf, user_id=user_id, org=user.org.name, label=label, uploaded_by=uploaded_by
-            )
+                raise unknown_user(upload.user_id)
+            record = upload_record(upload, leaf, user.org.name, uploaded_by)
             # No look-before-insert: the unique constraint decides, also between processes.
             try:
                 with transaction.atomic(using=self.using):
@@ -447,15 +406,11 @@ class DjangoStore:
                 raise
         return record
 
-    def upload_certificates(
-        self, uploads: Sequence[Upload], *, uploaded_by: str | None = None
-    ) -> list[CertificateRecord]:
-        parsed = check_uploads(uploads)
+    def _upload_certificates(self, batch: UploadBatch) -> list[CertificateRecord]:
+        uploads, parsed, uploaded_by = batch
         for upload in uploads:
             _check_text(self.using, upload.label)
         _check_text(self.using, uploaded_by)
-        records: list[CertificateRecord] = []
-        rows: list[m.Certificate] = []
         refusals: list[tuple[int, MTLSError]] = []
         with self._write(invalidates=bool(uploads)):
             wanted = [
@@ -464,32 +419,15 @@ class DjangoStore:
                 if not isinstance(leaf, MTLSError)
             ]
             users = {u.user_id: u for u in self._users().filter(user_id__in=wanted)}
-            candidates: list[tuple[int, CertificateRecord, m.CertificateUser]] = []
-            for index, (upload, leaf) in enumerate(zip(uploads, parsed, strict=True)):
-                if isinstance(leaf, MTLSError):
-                    refusals.append((index, leaf))
-                    continue
-                user = users.get(upload.user_id)
-                if user is None:
-                    refusals.append((index, unknown_user(upload.user_id)))
-                    continue
-                record = record_from_upload(
-                    upload.pem, leaf, user_id=upload.user_id, org=user.org.name, label=upload.label,
-                    uploaded_by=uploaded_by,
-                )
-                candidates.append((index, record, user))
+            candidates = batch_candidates(uploads, parsed, users, _org_name, uploaded_by, refusals)
             taken = set(
                 self._certs()
                 .filter(fingerprint__in=[record.fingerprint for _, record, _ in candidates])
                 .values_list("fingerprint", flat=True)
             )
-            for index, record, user in candidates:
-                if record.fingerprint in taken:
-                    refusals.append((index, duplicate(record.fingerprint)))
-                    continue
-                taken.add(record.fingerprint)  # twice in the batch: a duplicate at its second place
-                records.append(record)
-                rows.append(self._row(record, user))
+            kept = first_of_each(candidates, taken, refusals)
+            records = [record for _, record, _ in kept]
+            rows = [self._row(record, user) for _, record, user in kept]
             if refusals:
                 raise BatchRefused(refusals, total=len(uploads))  # rolls the whole batch back
             try:
@@ -523,10 +461,7 @@ class DjangoStore:
             rows = list(certs.order_by("id").values_list(*_CERT_FIELDS))
         return [_certificate(row) for row in rows]
 
-    def find_fingerprints(self, prefix: str, *, limit: int = 2) -> list[str]:
-        prefix = prefix.lower()
-        if not prefix or any(c not in "0123456789abcdef" for c in prefix):
-            return []
+    def _find_fingerprints(self, prefix: str, limit: int) -> list[str]:
         with self._errors():
             found = list(
                 self._certs().filter(fingerprint__startswith=prefix)
@@ -548,8 +483,7 @@ class DjangoStore:
             raise not_found(f"certificate {fingerprint}")
         return bytes(pem)
 
-    def rename_certificate(self, fingerprint: str, label: str) -> CertificateRecord:
-        check_label(label)
+    def _rename_certificate(self, fingerprint: str, label: str) -> CertificateRecord:
         _check_text(self.using, label)
         with self._write(invalidates=False):
             if not self._certs().filter(fingerprint=fingerprint.lower()).update(label=label):
@@ -563,50 +497,33 @@ class DjangoStore:
                 raise not_found(f"certificate {fingerprint}")
 
     # -- history ----------------------------------------------------------------------------
-    def record(self, record: LoginRecord) -> None:  # replaced per instance in __init__
-        self._writer.record(record)
-
-    def login_history(
-        self,
-        *,
-        user_id: str | None = None,
-        failed_only: bool = False,
-        outcome: str | None = None,
-        since: dt.datetime | None = None,
-        until: dt.datetime | None = None,
-        limit: int | None = 100,
-    ) -> list[LoginRecord]:
+    def _login_history(self, query: HistoryFilter) -> list[LoginRecord]:
         self._writer.flush(10.0)
         rows = m.LoginAttempt.objects.using(self.using)
-        if user_id is not None:
-            rows = rows.filter(user_id=user_id)
-        if failed_only:
-            rows = rows.exclude(outcome="accepted")
-        if outcome is not None:
-            rows = rows.filter(outcome=str(outcome))
-        if since is not None:
-            rows = rows.filter(time__gte=timestamp(since))
-        if until is not None:
-            rows = rows.filter(time__lt=timestamp(until))
+        if query.user_id is not None:
+            rows = rows.filter(user_id=query.user_id)
+        if query.failed_only:
+            rows = rows.exclude(outcome=ACCEPTED)
+        if query.outcome is not None:
+            rows = rows.filter(outcome=str(query.outcome))
+        if query.since is not None:
+            rows = rows.filter(time__gte=timestamp(query.since))
+        if query.until is not None:
+            rows = rows.filter(time__lt=timestamp(query.until))
         rows = rows.order_by("-time", "-id").values_list(*_HISTORY_FIELDS)
-        if limit is not None:
-            rows = rows[: max(0, limit)]
+        if query.limit is not None:
+            rows = rows[: max(0, query.limit)]
         with self._errors():
             return [LoginRecord._make(row) for row in rows]
 
-    def prune_history(self, *, older_than: dt.timedelta) -> int:
-        cutoff = history_cutoff(older_than)
+    def _prune_history(self, cutoff: float) -> int:
         self._writer.flush(10.0)
         with self._write(invalidates=False):
             removed, _ = m.LoginAttempt.objects.using(self.using).filter(time__lt=cutoff).delete()
         return int(removed)
 
-    def flush(self, timeout: float | None = None) -> bool:
-        return self._writer.flush(timeout)
-
     # -- audit ------------------------------------------------------------------------------
-    def record_audit(self, entry: AuditEntry) -> AuditEntry:
-        checked = check_audit_entry(entry)
+    def _record_audit(self, checked: AuditEntry) -> AuditEntry:
         _check_text(self.using, checked.actor, checked.action, checked.target)
         with self._write(invalidates=False):
             row = m.AuditEntry.objects.using(self.using).create(
@@ -618,33 +535,20 @@ class DjangoStore:
             before=checked.before, after=checked.after, time=checked.time, id=row.id,
         )
 
-    def audit_log(
-        self,
-        *,
-        actor: str | None = None,
-        target: str | None = None,
-        action: str | None = None,
-        since: dt.datetime | None = None,
-        until: dt.datetime | None = None,
-        before_id: int | None = None,
-        limit: int | None = 100,
-    ) -> list[AuditEntry]:
+    def _audit_log(self, query: AuditFilter) -> list[AuditEntry]:
         rows = m.AuditEntry.objects.using(self.using)
-        if before_id is not None and before_id <= _MAX_ID:  # above every id the column can hold
-            rows = rows.filter(id__lt=before_id)
-        if actor is not None:
-            rows = rows.filter(actor=actor)
-        if target is not None:
-            rows = rows.filter(target=target)
-        if action is not None:
-            rows = rows.filter(action=action)
-        if since is not None:
-            rows = rows.filter(time__gte=_to_db(_aware(since)))
-        if until is not None:
-            rows = rows.filter(time__lt=_to_db(_aware(until)))
+        if query.before_id is not None and query.before_id <= _MAX_ID:  # above every id the column holds
+            rows = rows.filter(id__lt=query.before_id)
+        for name, value in (("actor", query.actor), ("target", query.target), ("action", query.action)):
+            if value is not None:
+                rows = rows.filter(**{name: value})
+        if query.since is not None:
+            rows = rows.filter(time__gte=_to_db(_aware(query.since)))
+        if query.until is not None:
+            rows = rows.filter(time__lt=_to_db(_aware(query.until)))
         rows = rows.order_by("-id")
-        if limit is not None:
-            rows = rows[: max(0, limit)]
+        if query.limit is not None:
+            rows = rows[: max(0, query.limit)]
         with self._errors():
             return [_audit(row) for row in rows]
 
@@ -658,6 +562,10 @@ class DjangoStore:
         self._writer.seal()
         self._watch.release()
         _OPEN.discard(self)
+
+
+def _org_name(user: m.CertificateUser) -> str:
+    return str(user.org.name)
 
 
 def _aware(when: dt.datetime) -> dt.datetime:
