@@ -28,7 +28,9 @@ clients present (no SAN, no AKI, v1 roots, dual EKU, short RSA keys, SHA-1 signa
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import ipaddress
+import os
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,6 +248,27 @@ def _pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
+def _write_new_file(path: Path, data: bytes, *, mode: int) -> None:
+    """Write ``data`` to a new file ``path`` created with ``mode`` (less the umask), replacing a
+    regular file already there; never follows a symbolic link.
+
+    The file is created exclusively (``O_CREAT | O_EXCL | O_NOFOLLOW``) after removing an old one,
+    so a private key is never readable with a looser mode, not even between create and chmod, and
+    a link planted in a shared directory (symbolic or hard) never receives it.
+
+    Raises:
+        FileExistsError: ``path`` is a symbolic link, or one appeared while writing.
+        OSError: the file cannot be written.
+    """
+    if path.is_symlink():
+        raise FileExistsError(errno.EEXIST, "refusing to write through a symbolic link", str(path))
+    path.unlink(missing_ok=True)  # a hard link or a looser mode stays with the old file
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags, mode)
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
+
+
 @dataclass(frozen=True)
 class Issued:
     """A certificate, its private key, and the intermediates that lead to the root."""
@@ -285,12 +308,19 @@ class Issued:
         return self.cert.fingerprint(hashes.SHA256()).hex()
 
     def write(self, directory: Path, stem: str) -> tuple[Path, Path]:
-        """Write ``stem.pem`` (leaf + intermediates) and ``stem.key``; return both paths."""
+        """Write ``stem.pem`` (leaf + intermediates) and ``stem.key``; return both paths.
+
+        The key file is created with mode 0o600 from the start (never readable by others, not
+        even for a moment); a file already there is replaced, not written through.
+
+        Raises:
+            FileExistsError: ``stem.pem`` or ``stem.key`` is a symbolic link (which someone with
+                write access to ``directory`` may have planted to capture the key).
+        """
         directory.mkdir(parents=True, exist_ok=True)
         cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}.key"
-        cert_path.write_bytes(self.chain_pem)
-        key_path.write_bytes(self.key_pem)
-        key_path.chmod(0o600)
+        _write_new_file(cert_path, self.chain_pem, mode=0o644)
+        _write_new_file(key_path, self.key_pem, mode=0o600)
         return cert_path, key_path
 
 
@@ -375,10 +405,14 @@ class TestPKI:
         return self.issue_client(common_name, **options)
 
     def write(self, directory: Path) -> Path:
-        """Write the root as ``root.pem`` into ``directory``; return its path."""
+        """Write the root as ``root.pem`` into ``directory``; return its path.
+
+        Raises:
+            FileExistsError: ``root.pem`` is a symbolic link (never written through).
+        """
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / "root.pem"
-        path.write_bytes(self.root_pem)
+        _write_new_file(path, self.root_pem, mode=0o644)
         return path
 
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import stat
 import warnings
 from collections.abc import MutableMapping
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -286,3 +289,68 @@ def test_each_connection_gets_its_own_chain_list(alice: Issued) -> None:
     asyncio.run(wrapped({"type": "http"}, None, None))
     asyncio.run(wrapped({"type": "http"}, None, None))
     assert lengths == [2, 2]
+
+
+# -- writing key files ----------------------------------------------------------------------------
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+def test_write_creates_the_directory_and_an_owner_only_key(tmp_path: Path, alice: Issued) -> None:
+    cert_path, key_path = alice.write(tmp_path / "new", "alice")
+    assert (cert_path.read_bytes(), key_path.read_bytes()) == (alice.chain_pem, alice.key_pem)
+    assert _mode(key_path) == 0o600
+
+
+@pytest.mark.parametrize("name", [pytest.param("alice.key", id="key"), pytest.param("alice.pem", id="certificate")])
+def test_write_refuses_a_planted_symlink_and_leaves_its_target_alone(
+    tmp_path: Path, alice: Issued, name: str
+) -> None:
+    planted = tmp_path / "planted"
+    planted.write_bytes(b"")
+    planted.chmod(0o666)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / name).symlink_to(planted)
+    with pytest.raises(FileExistsError):
+        alice.write(shared, "alice")
+    assert planted.read_bytes() == b""
+    assert _mode(planted) == 0o666
+    assert (shared / name).is_symlink()
+
+
+def test_root_write_refuses_a_planted_symlink(tmp_path: Path, pki: TestPKI) -> None:
+    planted = tmp_path / "planted"
+    planted.write_bytes(b"precious")
+    (tmp_path / "root.pem").symlink_to(planted)
+    with pytest.raises(FileExistsError):
+        pki.write(tmp_path)
+    assert planted.read_bytes() == b"precious"
+
+
+def test_write_replaces_an_existing_file_instead_of_writing_through_a_hard_link(
+    tmp_path: Path, alice: Issued
+) -> None:
+    """A hard link planted at the key's name shares the attacker's file: the key must land in a
+    new file of its own, with its own mode."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_bytes(b"")
+    elsewhere.chmod(0o644)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.link(elsewhere, shared / "alice.key")
+    _cert_path, key_path = alice.write(shared, "alice")
+    assert elsewhere.read_bytes() == b""
+    assert _mode(elsewhere) == 0o644
+    assert key_path.read_bytes() == alice.key_pem
+    assert _mode(key_path) == 0o600
+    assert not os.path.samefile(key_path, elsewhere)
+
+
+def test_write_twice_overwrites(tmp_path: Path, alice: Issued, bob: Issued) -> None:
+    alice.write(tmp_path, "client")
+    _cert_path, key_path = bob.write(tmp_path, "client")
+    assert key_path.read_bytes() == bob.key_pem
+    assert _mode(key_path) == 0o600

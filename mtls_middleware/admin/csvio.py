@@ -5,6 +5,16 @@ A header row; import reads ``user_id``, ``label`` (empty: the certificate's subj
 files: the command line, never the REST API). Other columns are ignored. Export writes
 :data:`CSV_COLUMNS` then :data:`EXPORT_EXTRA_COLUMNS` for every certificate, so that importing the
 file into a store with the same users gives back the same certificates.
+
+Formula injection
+    A spreadsheet opening the export would take a cell starting with ``=``, ``+``, ``-``, ``@``,
+    a tab or a carriage return for a formula (``=HYPERLINK(...)`` as a user id or label). Export
+    therefore writes such a text cell (user id, label, organisation, and a PEM that does not start
+    with its ``-----BEGIN`` line) behind one ``'``, which spreadsheets show as "text"; so that
+    export then import gives the same values back, a value that already starts with apostrophes and
+    then one of those characters gets one more ``'``, and import takes exactly one leading ``'``
+    off a ``user_id``, ``label`` or ``pem`` cell that starts with apostrophes and then one of those
+    characters.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +44,22 @@ __all__ = [
 CSV_COLUMNS = ("user_id", "label", "pem")
 #: Informational columns export adds after :data:`CSV_COLUMNS`; import ignores them.
 EXPORT_EXTRA_COLUMNS = ("org", "fingerprint", "uploaded_at", "not_after")
+
+#: A cell a spreadsheet would evaluate (after any apostrophes in front).
+_FORMULA = re.compile(r"'*[=+\-@\t\r]")
+_PEM_START = "-----BEGIN "
+
+
+def _escape(value: str, *, pem: bool = False) -> str:
+    """``value`` as an export cell: behind one more ``'`` if a spreadsheet could run it."""
+    if _FORMULA.match(value) is None or (pem and value.startswith(_PEM_START)):
+        return value
+    return "'" + value
+
+
+def _unescape(value: str) -> str:
+    """An import cell's value: the ``'`` :func:`_escape` added, taken off again."""
+    return value[1:] if value.startswith("'") and _FORMULA.match(value, 1) else value
 
 
 class CsvFormatError(ValueError):
@@ -95,22 +122,30 @@ def parse_import(raw: bytes, *, name: str, base: Path | None) -> list[CsvRow]:
                         f"{name} row {number}: cannot read pem_file {pem_file}: {exc.strerror or exc}"
                     ) from None
             else:
-                pem = pem_text.encode("utf-8", "surrogateescape")
-            upload = Upload(pem=pem, user_id=fields.get("user_id") or "", label=fields.get("label") or None)
+                pem = _unescape(pem_text).encode("utf-8", "surrogateescape")
+            upload = Upload(
+                pem=pem,
+                user_id=_unescape(fields.get("user_id") or ""),
+                label=_unescape(fields.get("label") or "") or None,
+            )
             rows.append(CsvRow(number, upload))
     except csv.Error as exc:
         raise CsvFormatError(f"{name} is not valid CSV: {exc}") from None
     return rows
 
 
-def refused_rows(refused: BatchRefused, rows: Sequence[CsvRow]) -> list[dict[str, Any]]:
-    """Every refused row of an import: ``{"row", "user_id", "error", "message"}``."""
+def refused_rows(
+    refused: BatchRefused, rows: Sequence[CsvRow], *, detail: bool = True
+) -> list[dict[str, Any]]:
+    """Every refused row of an import: ``{"row", "user_id", "error", "message"}``. The message is
+    what exactly was wrong (for the operator at the command line), or with ``detail=False`` the
+    reason's fixed sentence (for a remote client: a parser's message may quote internals)."""
     return [  # refusals come in batch order, one index per uploaded row
         {
             "row": rows[index].row,
             "user_id": rows[index].upload.user_id,
             "error": error.reason.value,
-            "message": error.detail,
+            "message": error.detail if detail else error.reason.message,
         }
         for index, error in refused.refusals
     ]
@@ -125,10 +160,10 @@ def export_csv(certs: Iterable[CertificateRecord]) -> bytes:
     for cert in ordered:
         writer.writerow(
             (
-                cert.user_id,
-                cert.label,
-                cert.pem.decode("utf-8", "surrogateescape"),  # the upload's exact bytes
-                cert.org,
+                _escape(cert.user_id),
+                _escape(cert.label),
+                _escape(cert.pem.decode("utf-8", "surrogateescape"), pem=True),  # the upload's exact bytes
+                _escape(cert.org),
                 cert.fingerprint,
                 _iso(cert.uploaded_at),
                 _iso(cert.not_after),

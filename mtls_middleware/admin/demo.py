@@ -242,7 +242,8 @@ class Demo:
     Args:
         port: the listener's port; when it is taken (and not 0) the OS picks a free one.
         directory: keep the demo's files (keys, certificates, CRLs, the SQLite store) there,
-            created if missing; None: a temporary directory removed at exit.
+            created if missing (mode 0o700: it holds private keys; an existing one is left as
+            it is); None: a temporary directory removed at exit.
         ocsp: False stops the OCSP responder before the requests, so that every status comes
             from the CRLs (the fallback).
 
@@ -290,7 +291,9 @@ class Demo:
             stack.callback(shutil.rmtree, self.directory, ignore_errors=True)
         else:
             self.directory = self._directory
-            self.directory.mkdir(parents=True, exist_ok=True)
+            # Private keys go in there: a directory made for them is the user's alone (an existing
+            # one keeps the mode its owner chose).
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
         self.responder = OCSPResponder()
         self.crl_server = CRLServer()

@@ -13,6 +13,7 @@ from ..errors import Reason
 from ..history import ACCEPTED
 
 __all__ = [
+    "CSRF_HEADER",
     "FINGERPRINT_PATTERN",
     "LABEL_PATTERN",
     "MAX_LABEL",
@@ -31,6 +32,9 @@ MAX_LABEL = 1000
 MAX_PERMISSIONS = 50
 #: A SHA-256 fingerprint: 64 hex digits, either case.
 FINGERPRINT_PATTERN = r"^[0-9a-fA-F]{64}$"
+
+#: The header a POST with a multipart (or any other not preflighted) body must carry.
+CSRF_HEADER = "X-MTLS-CSRF"
 
 _JSON = "application/json"
 
@@ -65,6 +69,19 @@ _FP_PATH = _path(
     "SHA-256 fingerprint of the certificate's DER (64 hex digits).",
 )
 _ORG_PATH = _path("org", _NAME, "The organisation's name.")
+_CSRF: dict[str, Any] = {
+    "name": CSRF_HEADER,
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "Required (any value, say 1) with a multipart/form-data body: a page of another site "
+    "cannot add it without a CORS preflight, which this API never answers. A request without it, or "
+    "whose Origin or Sec-Fetch-Site shows another site, is refused 403 permission_denied.",
+}
+_CROSS_SITE = (
+    " Every change (POST, PUT, PATCH, DELETE) whose Origin is another origin, or whose Sec-Fetch-Site is "
+    "neither same-origin nor none, is refused 403 permission_denied."
+)
 _CERT_FILTERS = [
     _query("org", _NAME, "Only the certificates of this organisation."),
     _query("expiring_before", _TIME, "Only certificates whose notAfter is before this time."),
@@ -169,8 +186,9 @@ def _certificate_operations(prefix: str, *, nested: bool) -> dict[str, Any]:
                     _ref("Certificate"), "Registered", "201",
                     headers={"Location": {"schema": {"type": "string"}}},
                 ),
-                parameters=path_params + raw_params,
+                parameters=[*path_params, *raw_params, _CSRF],
                 requestBody=_upload_body(nested=nested),
+                description=f"A multipart/form-data body needs the {CSRF_HEADER} header.{_CROSS_SITE}",
                 tags=["certificates"],
             ),
         },
@@ -341,6 +359,8 @@ def document() -> dict[str, Any]:
                 "Imported",
                 "201",
             ),
+            parameters=[_CSRF],
+            description=f"A multipart/form-data body needs the {CSRF_HEADER} header.{_CROSS_SITE}",
             requestBody={
                 "required": True,
                 "content": {
@@ -484,7 +504,7 @@ def document() -> dict[str, Any]:
             "title": "mtls_middleware REST API",
             "version": __version__,
             "description": "Certificates, users, organisations, login history and audit log. Callers "
-            "authenticate with a client certificate whose user holds manage_certificates.",
+            "authenticate with a client certificate whose user holds manage_certificates." + _CROSS_SITE,
         },
         "security": [{"clientCertificate": []}],
         "paths": paths,

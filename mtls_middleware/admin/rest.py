@@ -13,6 +13,14 @@ Who may call it
     one whose identity lacks the ``manage_certificates`` permission 403 ``permission_denied``.
     Only ``openapi.json`` is served to anyone who reaches the application.
 
+Cross-site request forgery
+    A client certificate is a credential the browser presents by itself, so a change (any method
+    but GET, HEAD, OPTIONS) is refused 403 ``permission_denied`` when ``Sec-Fetch-Site`` says it
+    comes from another site or ``Origin`` names another origin; and a POST a browser could send
+    cross-site without a CORS preflight (a body that is not JSON, PEM or CSV: multipart, a form,
+    text/plain, none) must carry the header :data:`CSRF_HEADER` (``X-MTLS-CSRF: 1``), which no
+    page of another site can add without a preflight this application never answers.
+
 What it answers
     JSON everywhere (``application/json``), except a certificate asked for with ``Accept:
     application/x-pem-file`` (the PEM exactly as uploaded) and the CSV export (``text/csv``).
@@ -23,8 +31,8 @@ What it answers
 
 Every change is audited
     Uploads, imports, renames, deletions, user and organisation changes are recorded with
-    :meth:`~mtls_middleware.stores.base.Store.record_audit` (actor: the caller's user id; the state
-    before and after) and can be read back at ``GET audit-log``.
+    :meth:`~mtls_middleware.stores.base.Store.record_audit` (actor: ``rest:`` and the caller's user
+    id; the state before and after) and can be read back at ``GET audit-log``.
 """
 
 from __future__ import annotations
@@ -37,9 +45,10 @@ import io
 import json
 import logging
 import re
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, NoReturn
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
@@ -68,6 +77,8 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 __all__ = [
+    "ACTOR_PREFIX",
+    "CSRF_HEADER",
     "DEFAULT_MAX_BODY",
     "DEFAULT_MAX_IMPORT_BODY",
     "MAX_PAGE",
@@ -90,6 +101,21 @@ PEM_TYPE = "application/x-pem-file"
 JSON_TYPE = "application/json"
 CSV_TYPE = "text/csv"
 MULTIPART_TYPE = "multipart/form-data"
+
+#: What the audit log's ``actor`` (and a certificate's ``uploaded_by``) starts with for a change made
+#: through the API: ``rest:<user_id>``, never to be mistaken for ``django:<username>`` or
+#: ``mtls-admin:<login>`` whatever the user id is.
+ACTOR_PREFIX = "rest:"
+#: The header a POST with a body a browser may send cross-site without a preflight must carry.
+CSRF_HEADER = openapi.CSRF_HEADER
+#: Methods that change nothing: neither the origin checks nor the header apply to them.
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Bodies a browser sends cross-site only after a CORS preflight (which this API never answers);
+#: any other POST (multipart, a form, text/plain, no Content-Type) needs :data:`CSRF_HEADER`.
+_PREFLIGHTED_TYPES = frozenset({JSON_TYPE, PEM_TYPE, CSV_TYPE})
+#: ``Sec-Fetch-Site`` values of a request the user's own page (or the user, typing) made.
+_OWN_SITE = frozenset({"same-origin", "none"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 _NAME = re.compile(openapi.NAME_PATTERN)
 _LABEL = re.compile(openapi.LABEL_PATTERN)
@@ -295,6 +321,53 @@ def _key_of(position: list[Any], types: tuple[type, ...]) -> tuple[Any, ...]:
     return tuple(position)
 
 
+# -- cross-site request forgery -----------------------------------------------------------------
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """``(scheme, host, port)`` of an origin or base URL, the port made explicit; None if malformed."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if not parts.hostname or scheme not in _DEFAULT_PORTS:
+        return None
+    return scheme, parts.hostname.lower(), port if port is not None else _DEFAULT_PORTS[scheme]
+
+
+def _refuse_cross_site(request: Request) -> None:
+    """Raise 403 ``permission_denied`` for a change a page of another site may have made: the
+    browser presents the client certificate by itself, so the certificate alone proves nothing
+    about who wanted the change.
+
+    ``Sec-Fetch-Site`` and ``Origin`` are set by browsers and cannot be forged by a page; a
+    missing one proves nothing (old browsers, curl), hence :data:`CSRF_HEADER` for the bodies a
+    page may POST cross-site without a preflight.
+    """
+    if request.method in _SAFE_METHODS:
+        return
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None and fetch_site.strip().lower() not in _OWN_SITE:
+        raise MTLSError(Reason.PERMISSION_DENIED, f"a cross-site change (Sec-Fetch-Site: {fetch_site[:40]})")
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        own = _origin(request.host_url)
+        if own is None or _origin(origin) != own:
+            raise MTLSError(
+                Reason.PERMISSION_DENIED, f"a change from origin {origin[:100]!r}, not {request.host_url!r}"
+            )
+    if (
+        request.method == "POST"
+        and request.mimetype not in _PREFLIGHTED_TYPES
+        and CSRF_HEADER not in request.headers  # any value: no page can add it without a preflight
+    ):
+        raise MTLSError(
+            Reason.PERMISSION_DENIED, f"a {request.mimetype or 'bodiless'} POST without {CSRF_HEADER}"
+        )
+
+
 # -- the application ----------------------------------------------------------------------------
 
 
@@ -368,6 +441,7 @@ class RestAPI:
         self.max_body = max_body
         self.max_import_body = max_import_body
         self.permission = permission
+        self._create_lock = threading.Lock()
         self._document = json.dumps(openapi.document()).encode()
         self.url_map = Map(
             [Rule(path, endpoint=endpoint, methods=[method]) for path, method, endpoint in _ROUTES],
@@ -384,41 +458,69 @@ class RestAPI:
     def respond(self, request: Request) -> Response:
         """The response to ``request``; never raises for anything a client can send."""
         try:
-            adapter = self.url_map.bind_to_environ(request.environ)
-            endpoint, args = adapter.match()
+            endpoint, args, actor = self._admit(request)
             if endpoint == "openapi":
                 return _response(self._document, 200, JSON_TYPE)
-            actor = self._authorize(request)
             for key, value in args.items():
                 # No store holds it; some (PostgreSQL) cannot even look it up.
                 if "\x00" in value or not _storable(value):
                     raise ManagementError(Reason.UNKNOWN_USER if key == "user_id" else Reason.NOT_FOUND)
             handler: _Handler = getattr(self, "_" + endpoint)
             return handler(request, actor, **args)
-        except _Invalid as exc:
+        except Exception as exc:  # every refusal, and every fault of ours, is answered in one place
+            return self._refusal(request, exc)
+
+    def _screen(self, environ: WSGIEnvironment) -> tuple[Response | None, int]:
+        """What can be decided of a request before its body is read: the refusal (a path or
+        method with no operation, a caller without identity or permission, a cross-site change),
+        or None and the body limit of its operation. Cheap and non-blocking (no store call): the
+        ASGI adapter calls it on the event loop.
+        """
+        # shallow: nothing may read the body yet; no environ["werkzeug.request"] left behind.
+        request = Request(environ, populate_request=False, shallow=True)
+        try:
+            endpoint, _args, _actor = self._admit(request)
+        except Exception as exc:  # whatever respond() would answer, answered the same way
+            return self._refusal(request, exc), 0
+        return None, self.max_import_body if endpoint == "import_certificates" else self.max_body
+
+    def _admit(self, request: Request) -> tuple[str, Mapping[str, Any], str | None]:
+        """The operation (endpoint, path arguments) and the actor, once routing, authorization and
+        the cross-site checks let the request through; ``openapi.json`` has no actor."""
+        adapter = self.url_map.bind_to_environ(request.environ)
+        endpoint, args = adapter.match()
+        if endpoint == "openapi":
+            return endpoint, args, None
+        actor = self._authorize(request)
+        _refuse_cross_site(request)
+        return endpoint, args, actor
+
+    @staticmethod
+    def _refusal(request: Request, exc: Exception) -> Response:
+        """The answer to what routing, ``_admit`` or a handler raised."""
+        if isinstance(exc, _Invalid):
             return _error(exc, parameter=exc.parameter)
-        except ConfigurationError:
+        if isinstance(exc, ConfigurationError):
             # Raised by a store for a value it refuses (an empty name, a label that is not text);
             # the store is configured before the application is built.
             return _error(MTLSError(Reason.INVALID_REQUEST))
-        except MTLSError as exc:
+        if isinstance(exc, MTLSError):
             if exc.status >= 500:
                 log.error("mtls_middleware: REST %s %s: %s", request.method, request.path, exc)
             return _error(exc)
-        except MethodNotAllowed as exc:
-            allowed = ", ".join(sorted(exc.valid_methods or ()))
+        if isinstance(exc, MethodNotAllowed):
             response = _error(MTLSError(Reason.METHOD_NOT_ALLOWED))
-            response.headers["Allow"] = allowed
+            response.headers["Allow"] = ", ".join(sorted(exc.valid_methods or ()))
             return response
-        except NotFound:
+        if isinstance(exc, NotFound):
             return _error(MTLSError(Reason.NOT_FOUND))
-        except RequestEntityTooLarge:
+        if isinstance(exc, RequestEntityTooLarge):
             return _error(MTLSError(Reason.REQUEST_TOO_LARGE))
-        except HTTPException:  # werkzeug's own 400s (a malformed form body, a bad header)
+        if isinstance(exc, HTTPException):  # werkzeug's own 400s (a malformed form body, a bad header)
             return _error(MTLSError(Reason.INVALID_REQUEST))
-        except Exception:  # fail closed: a fault of ours must not reach the client as a trace
-            log.exception("mtls_middleware: REST %s %s failed", request.method, request.path)
-            return _error(MTLSError(Reason.INTERNAL_ERROR))
+        # Fail closed: a fault of ours must not reach the client as a trace.
+        log.error("mtls_middleware: REST %s %s failed", request.method, request.path, exc_info=exc)
+        return _error(MTLSError(Reason.INTERNAL_ERROR))
 
     # -- plumbing ---------------------------------------------------------------------------
     def _authorize(self, request: Request) -> str:
@@ -427,7 +529,7 @@ class RestAPI:
             raise NoCertificateError(detail="the REST API was reached without an authenticated identity")
         if self.permission not in identity.permissions:
             raise MTLSError(Reason.PERMISSION_DENIED, f"{identity.user_id} lacks {self.permission}")
-        return identity.user_id
+        return ACTOR_PREFIX + identity.user_id
 
     def _audit(
         self,
@@ -621,7 +723,12 @@ class RestAPI:
         try:
             records = self.store.upload_certificates([r.upload for r in rows], uploaded_by=actor)
         except BatchRefused as exc:
-            return _error(exc, rows=refused_rows(exc, rows))
+            # The client gets each row's reason and its fixed sentence; what exactly was wrong
+            # (a parser's message, say) may quote server internals and goes to the log only.
+            for index, refusal in exc.refusals:
+                log.info("mtls_middleware: REST import by %s: row %d refused (%s): %s",
+                         actor, rows[index].row, refusal.reason.value, refusal.detail)
+            return _error(exc, rows=refused_rows(exc, rows, detail=False))
         for record in records:
             self._audit(actor, "certificate.import", record.fingerprint, None, cert_state(record))
         return _json({"imported": len(records), "fingerprints": [r.fingerprint for r in records]}, 201)
@@ -646,11 +753,25 @@ class RestAPI:
         org = _name(body.get("org", "default"), "org")
         active = _bool(body.get("active", True), "active")
         permissions = _permissions(body.get("permissions", []))
-        if self.store.resolve_user(user_id) is not None:
-            raise MTLSError(Reason.DUPLICATE_USER, f"user {user_id} exists")
-        user = self.store.add_user(user_id, org=org, active=active, permissions=permissions)
+        # The store has no create-if-absent: add_user replaces an existing user. The lock makes
+        # check-then-add atomic among this application's threads; a concurrent writer elsewhere
+        # (another process, mtls-admin, the Django admin) can still slip in between the two calls.
+        with self._create_lock:
+            if self._user_exists(user_id):
+                raise MTLSError(Reason.DUPLICATE_USER, f"user {user_id} exists")
+            user = self.store.add_user(user_id, org=org, active=active, permissions=permissions)
         self._audit(actor, "user.create", user_id, None, user_json(user))
         return _json(user_json(user), 201, [self._location(request, f"/users/{_quote(user_id)}")])
+
+    def _user_exists(self, user_id: str) -> bool:
+        # get_user, not resolve_user: the management read, never a pipeline cache's answer.
+        try:
+            self.store.get_user(user_id)
+        except ManagementError as exc:
+            if exc.reason is Reason.UNKNOWN_USER:
+                return False
+            raise
+        return True
 
     def _get_user(self, request: Request, actor: str, user_id: str) -> Response:
         return _json(user_json(self.store.get_user(user_id)))
@@ -797,12 +918,14 @@ def asgi_app(app: RestAPI) -> _ASGIApp:
     :class:`~mtls_middleware.asgi.MTLSMiddleware`, e.g. ``Mount("/admin/api",
     app=asgi_app(RestAPI(store)))`` in Starlette or ``fastapi_app.mount(...)``.
 
-    The request body is read (at most the application's larger limit; beyond it the answer is 413
-    at once) and the WSGI application runs on the default executor, never on the event loop: the
-    store's calls block. ``scope["mtls_middleware.identity"]`` becomes the environ's identity,
-    ``scope["root_path"]`` its ``SCRIPT_NAME``.
+    Before a byte of the body is read, the request is routed and its caller checked: no such
+    operation, no identity, no permission or a cross-site change is answered at once. The body is
+    then read up to its operation's limit (``max_import_body`` for the CSV import, ``max_body``
+    otherwise; a declared ``Content-Length`` over it is 413 ``request_too_large`` at once, and so
+    is a body that grows past it) and the WSGI application runs on the default executor, never on
+    the event loop: the store's calls block. ``scope["mtls_middleware.identity"]`` becomes the
+    environ's identity, ``scope["root_path"]`` its ``SCRIPT_NAME``.
     """
-    limit = max(app.max_body, app.max_import_body)
 
     async def asgi(scope: _Scope, receive: _Receive, send: _Send) -> None:
         if scope["type"] == "lifespan":
@@ -810,6 +933,17 @@ def asgi_app(app: RestAPI) -> _ASGIApp:
             return
         if scope["type"] != "http":
             raise RuntimeError(f"the REST API serves HTTP only, not {scope['type']!r}")
+        environ = _environ(scope, b"")
+        refusal, limit = app._screen(environ)
+        if refusal is not None:
+            headers = refusal.get_wsgi_headers(environ).to_wsgi_list()
+            await _send_response(send, refusal.status_code, headers, refusal.get_data())
+            return
+        declared = _declared_length(scope)
+        if declared is not None and declared > limit:
+            status, headers, body = error_response(MTLSError(Reason.REQUEST_TOO_LARGE))
+            await _send_response(send, int(status.split()[0]), headers, body)
+            return
         chunks: list[bytes] = []
         size = 0
         more = True
@@ -825,7 +959,9 @@ def asgi_app(app: RestAPI) -> _ASGIApp:
                 return
             chunks.append(chunk)
             more = bool(message.get("more_body", False))
-        environ = _environ(scope, b"".join(chunks))
+        body = b"".join(chunks)
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
         started: list[Any] = []
 
         def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -841,11 +977,19 @@ def asgi_app(app: RestAPI) -> _ASGIApp:
                 if close is not None:
                     close()
 
-        body = await asyncio.get_running_loop().run_in_executor(None, run)
+        answer = await asyncio.get_running_loop().run_in_executor(None, run)
         status, headers = started
-        await _send_response(send, int(status.split()[0]), headers, body)
+        await _send_response(send, int(status.split()[0]), headers, answer)
 
     return asgi
+
+
+def _declared_length(scope: _Scope) -> int | None:
+    """The ``Content-Length`` the client declared, if one well-formed one (the server checks it)."""
+    values = [v for k, v in scope.get("headers", ()) if k.lower() == b"content-length"]
+    if len(values) != 1 or not values[0].strip().isdigit():
+        return None
+    return int(values[0])
 
 
 async def _send_response(send: _Send, status: int, headers: Iterable[tuple[str, str]], body: bytes) -> None:

@@ -3,11 +3,12 @@
 A CRL is parsed and its revoked serials indexed once per fetched (or re-read) copy: the index
 maps each serial to where its entry sits, and the few entries that are ever hit are decoded on
 first use. Loading a million-entry CRL therefore costs one pass over its bytes, and a lookup is a
-dict probe. Cached copies are used until their nextUpdate; when one enters the last tenth of its
-life, a single background thread fetches the next one while requests keep using the current one.
-With a :class:`~.shared.SharedCache` a fetched CRL, once judged authentic and fresh, is shared
-with the other processes until its nextUpdate; a copy read from there is judged like a fetched
-one, and refused and fetched from its URL when it does not pass.
+dict probe. Cached copies are used until their nextUpdate, or until ``max_age`` after their
+thisUpdate when that comes first; when one enters the last tenth of that life, a single background
+thread fetches the next one while requests keep using the current one. With a
+:class:`~.shared.SharedCache` a fetched CRL, once judged authentic and fresh, is shared with the
+other processes for the same life; a copy read from there is judged like a fetched one, and
+refused and fetched from its URL when it does not pass, for whatever reason.
 
 What we refuse rather than misjudge (a :class:`SourceFailure`, never a wrong "good"): delta and
 indirect CRLs, unknown critical extensions (of the CRL or of any entry), a CRL whose
@@ -495,7 +496,8 @@ class _Fetched:
     """A CRL obtained over HTTP or from the shared cache, until judged and shared.
 
     ``raw``: the bytes fetched from the URL (to share once judged); None for a copy read from the
-    shared cache. ``token``: the cluster-wide fetch lock, while it is held.
+    shared cache (``shared``), whose bytes are ``stored``. ``token``: the cluster-wide fetch lock,
+    while it is held.
     """
 
     crl: IndexedCRL
@@ -503,6 +505,7 @@ class _Fetched:
     token: str | None = None
     shared: bool = False
     published: bool = False
+    stored: bytes | None = None  # the bytes as read from the shared cache
 
 
 @dataclass
@@ -648,27 +651,35 @@ class CRLSource:
                 failures.append(SourceFailure(location, "the time allowed for revocation checking ran out"))
                 break
             try:
-                crl, fetched = self._obtain(location, deadline)
+                crl, fetched = self._obtain(location, deadline, now)
                 cached = fetched is None
                 try:
                     self._judge(crl, issuer, above, now=now, deadline=deadline, depth=depth)
                 except SourceFailure:
-                    # (A copy of another issuer's CRL is no forgery: a configured URL may serve one.)
-                    if fetched is None or not fetched.shared or crl.issuer != issuer.subject:
-                        self._unlock(location, fetched)
+                    if fetched is None or not fetched.shared:
+                        self._unlock(location, fetched, deadline)
                         raise
-                    # Redis vouches for nothing: a copy from there that fails is fetched afresh.
-                    self._reject(location, fetched)
-                    fetched = self._fetch(location, deadline, use_shared=False)
+                    # Redis vouches for nothing: a copy from there that fails, for whatever reason
+                    # (another CA's genuine CRL stored under this URL too), is fetched afresh ...
+                    from_redis = fetched
+                    try:
+                        fetched = self._fetch(location, deadline, use_shared=False)
+                    except SourceFailure:
+                        self._reject(location, from_redis, deadline)
+                        raise
+                    # ... and deleted, unless the URL serves that very CRL (a configured URL may
+                    # serve another CA's): then Redis holds what the URL says, nothing forged.
+                    if not _same(fetched.crl, from_redis.crl):
+                        self._reject(location, from_redis, deadline)
                     crl = fetched.crl
                     try:
                         self._judge(crl, issuer, above, now=now, deadline=deadline, depth=depth)
                     except SourceFailure:
-                        self._unlock(location, fetched)
+                        self._unlock(location, fetched, deadline)
                         raise
                 if fetched is not None:
                     self._remember(location, crl)
-                    self._share(location, fetched)
+                    self._share(location, fetched, deadline)
                 reasons = _scope(crl, cert)
             except SourceFailure as failure:
                 failures.append(failure)
@@ -682,7 +693,7 @@ class CRLSource:
                     status="revoked",
                     method="crl",
                     source=location,
-                    expires=crl.next_update.timestamp(),
+                    expires=self._until(crl),
                     this_update=crl.this_update,
                     next_update=crl.next_update,
                     cached=cached,
@@ -691,7 +702,7 @@ class CRLSource:
                     reason=entry.reason,
                 )
             covered |= reasons
-            expires = min(expires, crl.next_update.timestamp())
+            expires = min(expires, self._until(crl))
             if covered == ALL_REASONS:
                 good = StatusAnswer(
                     status="good",
@@ -813,7 +824,17 @@ class CRLSource:
         return problem
 
     # -- obtaining CRLs ---------------------------------------------------------------------------
-    def _obtain(self, location: str, deadline: float) -> tuple[IndexedCRL, _Fetched | None]:
+    def _until(self, crl: IndexedCRL) -> float:
+        """When ``crl`` stops being usable (POSIX time): its nextUpdate, or ``max_age`` after its
+        thisUpdate when that comes first."""
+        until = crl.next_update.timestamp() if crl.next_update is not None else crl.this_update.timestamp()
+        if self._max_age is not None:
+            until = min(until, (crl.this_update + self._max_age).timestamp())
+        return until
+
+    def _obtain(
+        self, location: str, deadline: float, now: dt.datetime
+    ) -> tuple[IndexedCRL, _Fetched | None]:
         """(the CRL at ``location``, how it was obtained: None when it came from memory)."""
         local = self._files.get(location)
         if local is not None:
@@ -821,9 +842,11 @@ class CRLSource:
         with self._lock:
             cached = self._cache.get(location)
         if cached is not None and cached.crl.next_update is not None:
-            remaining = cached.crl.next_update.timestamp() - time.time()
+            # By the clock _judge uses: a copy kept past what it accepts would refuse every request.
+            until = self._until(cached.crl)
+            remaining = until - now.timestamp()
             if remaining > 0:
-                life = (cached.crl.next_update - cached.crl.this_update).total_seconds()
+                life = until - cached.crl.this_update.timestamp()
                 if remaining <= _REFRESH_SHARE * max(life, 0.0):
                     self._refresh_soon(location, cached)
                 return cached.crl, None
@@ -838,13 +861,13 @@ class CRLSource:
         shared = self.shared if use_shared else None
         token: str | None = None
         if shared is not None:
-            claim = shared.claim("crl", location, deadline=deadline)
+            claim = shared.claim("crl", location, deadline=deadline, max_bytes=self._max_bytes)
             token = claim.token
             if claim.data is not None:
                 try:
-                    return _Fetched(IndexedCRL(claim.data, source=location), shared=True)
+                    return _Fetched(IndexedCRL(claim.data, source=location), shared=True, stored=claim.data)
                 except ValueError:
-                    shared.reject("crl", location, claim.data)
+                    shared.reject("crl", location, claim.data, deadline=deadline)
         try:
             data = self._fetcher.get(
                 location, max_bytes=self._max_bytes, deadline=deadline, accept="application/pkix-crl"
@@ -856,10 +879,10 @@ class CRLSource:
                 raise SourceFailure(location, f"not a CRL: {exc}") from None
         except BaseException:
             if shared is not None:
-                shared.release("crl", location, token)
+                shared.release("crl", location, token, deadline=deadline)
             raise
 
-    def _share(self, location: str, fetched: _Fetched) -> None:
+    def _share(self, location: str, fetched: _Fetched, deadline: float) -> None:
         """Share a CRL fetched from its URL and judged authentic and fresh, once; drop the lock."""
         shared = self.shared
         if shared is None or fetched.published:
@@ -868,21 +891,21 @@ class CRLSource:
         token, fetched.token = fetched.token, None
         crl = fetched.crl
         if fetched.raw is None or crl.next_update is None:
-            shared.release("crl", location, token)
+            shared.release("crl", location, token, deadline=deadline)
             return
-        until = crl.next_update.timestamp()
-        if self._max_age is not None:
-            until = min(until, (crl.this_update + self._max_age).timestamp())
-        shared.publish("crl", location, fetched.raw, ttl=until - time.time(), token=token)
+        shared.publish(
+            "crl", location, fetched.raw, ttl=self._until(crl) - time.time(), token=token, deadline=deadline
+        )
 
-    def _unlock(self, location: str, fetched: _Fetched | None) -> None:
+    def _unlock(self, location: str, fetched: _Fetched | None, deadline: float) -> None:
         if self.shared is not None and fetched is not None:
             token, fetched.token = fetched.token, None
-            self.shared.release("crl", location, token)
+            self.shared.release("crl", location, token, deadline=deadline)
 
-    def _reject(self, location: str, fetched: _Fetched) -> None:
+    def _reject(self, location: str, fetched: _Fetched, deadline: float) -> None:
         if self.shared is not None:
-            self.shared.reject("crl", location, _der_of(fetched.crl))
+            stored = fetched.stored if fetched.stored is not None else _der_of(fetched.crl)
+            self.shared.reject("crl", location, stored, deadline=deadline)
 
     def _remember(self, location: str, crl: IndexedCRL) -> None:
         # Only once judged authentic and fresh: a forged copy on the plain-HTTP path, cached, would
@@ -890,8 +913,13 @@ class CRLSource:
         # would keep the authentic CRL out.
         with self._lock:
             old = self._cache.get(location)
-            # Never let an older copy (a replay, a lagging mirror) replace a newer one.
-            if old is None or (old.crl is not crl and crl.this_update >= old.crl.this_update):
+            # Never let an older copy (a replay, a lagging mirror) replace a newer one that is
+            # still usable (nextUpdate, max_age).
+            if (
+                old is None
+                or self._until(old.crl) <= time.time()
+                or (old.crl is not crl and crl.this_update >= old.crl.this_update)
+            ):
                 self._cache[location] = _Cached(crl)
 
     def _local(self, local: _LocalFile) -> IndexedCRL:
@@ -938,22 +966,28 @@ class CRLSource:
     def _fetch_refresh(self, location: str, cached: _Cached, deadline: float) -> _Fetched:
         crl: IndexedCRL | None = None
         raw: bytes | None = None
+        stored: bytes | None = None
         token: str | None = None
         shared = self.shared
         if shared is not None:
             # Another process may have refreshed it already; else fetch under the cluster lock.
-            claim = shared.claim("crl", location, deadline=deadline)
+            # The lock lives as long as the refresh may take (refresh_timeout, not a request's deadline).
+            claim = shared.claim(
+                "crl", location, deadline=deadline, max_bytes=self._max_bytes, lock_ttl=self._refresh_timeout
+            )
             token = claim.token
             if claim.data is not None:
                 try:
                     candidate = IndexedCRL(claim.data, source=location)
                 except ValueError:
-                    shared.reject("crl", location, claim.data)
+                    shared.reject("crl", location, claim.data, deadline=deadline)
                 else:
                     if candidate.this_update > cached.crl.this_update:
-                        crl = candidate
+                        crl, stored = candidate, claim.data
             if crl is None and token is None:
-                answered, token = shared.try_lock("crl", location)
+                answered, token = shared.try_lock(
+                    "crl", location, deadline=deadline, lock_ttl=self._refresh_timeout
+                )
                 if answered and token is None:
                     # Keep the current copy (still valid) and look again at the next retry.
                     raise SourceFailure(location, "another process is refreshing this CRL")
@@ -971,15 +1005,18 @@ class CRLSource:
                 self._replace(location, cached, crl, strict=fetched.raw is None)
             except SourceFailure:
                 if shared is not None and fetched.raw is None:
-                    shared.reject("crl", location, _der_of(crl))  # the next attempt asks the URL
+                    # The next attempt asks the URL.
+                    shared.reject("crl", location, stored or _der_of(crl), deadline=deadline)
                 raise
         except BaseException:
             if shared is not None:
-                shared.release("crl", location, fetched.token if fetched is not None else token)
+                shared.release(
+                    "crl", location, fetched.token if fetched is not None else token, deadline=deadline
+                )
             raise
         if shared is not None:
-            shared.release("crl", location, token)
-        self._share(location, fetched)
+            shared.release("crl", location, token, deadline=deadline)
+        self._share(location, fetched, deadline)
         return fetched
 
     def _replace(self, location: str, cached: _Cached, crl: IndexedCRL, *, strict: bool = False) -> None:
@@ -1018,6 +1055,11 @@ class CRLSource:
             threads = list(self._threads)
         for thread in threads:
             thread.join(timeout)
+
+
+def _same(a: IndexedCRL, b: IndexedCRL) -> bool:
+    """Whether ``a`` and ``b`` are the same CRL (the same signed bytes)."""
+    return a.tbs == b.tbs and a.crl.signature == b.crl.signature
 
 
 def _der_of(crl: IndexedCRL) -> bytes:

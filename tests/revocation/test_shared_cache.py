@@ -30,7 +30,7 @@ from mtls_middleware.wsgi import MTLSMiddleware
 from tests.revocation import test_middleware
 from tests.revocation.crl_server import CRLServer
 from tests.revocation.ocsp_server import OCSPTestResponder
-from tests.revocation.redis_server import RedisServer, silent_port
+from tests.revocation.redis_server import RedisServer, SlowRelay, silent_port
 from tests.revocation.test_middleware import _echo, _environ
 
 NOW = dt.datetime.now(dt.timezone.utc)
@@ -76,16 +76,19 @@ class Cluster:
         return leaf
 
     def worker(self, mode: str = "require", **options: Any) -> MTLSMiddleware:
+        settings: dict[str, Any] = {
+            # Generous for a loaded CI machine: a waiter gives up on the lock holder after one timeout.
+            "revocation_timeout": 2.0,
+            "revocation_deadline": 4.0,
+            **options,
+        }
         config = MTLSConfig(
             trust_roots=[self.pki.root.cert],
             store=self.store,
             revocation=mode,  # type: ignore[arg-type]
             revocation_scope="leaf",
-            # Generous for a loaded CI machine: a waiter gives up on the lock holder after one timeout.
-            revocation_timeout=2.0,
-            revocation_deadline=4.0,
             revocation_cache=self.url,
-            **options,
+            **settings,
         )
         app = MTLSMiddleware(_echo, config)
         self.workers.append(app)
@@ -217,6 +220,33 @@ def test_a_crl_refreshed_by_one_worker_is_picked_up_by_the_others(
     assert held.this_update == newer.last_update_utc
 
 
+def test_a_background_refresh_holds_its_lock_as_long_as_it_may_run(
+    cluster: Cluster, crls: CRLServer, redis_db: Any
+) -> None:
+    leaf = cluster.issue("refresh lock", crl_url=crls.url(CRL_PATH))
+    now = dt.datetime.now(dt.timezone.utc)
+    ending = make_crl(cluster.pki.issuing, this_update=now - dt.timedelta(minutes=9), next_update=now + MINUTE)
+    crls.set(CRL_PATH, crl_bytes(ending))
+    a = cluster.worker(cache_size=0)
+    assert cluster.get(a, leaf).status_code == 200
+    gate = threading.Event()
+    crls.set(CRL_PATH, crl_bytes(make_crl(cluster.pki.issuing, this_update=now)), gate=gate)
+    try:
+        assert cluster.get(a, leaf).status_code == 200  # starts the refresh, held at the server
+        for _ in range(500):  # the refresh thread takes the lock on its own time
+            locks = [k for k in redis_db.keys("*:revocation:crl:*") if k.endswith(b":lock")]
+            if locks:
+                break
+            threading.Event().wait(0.01)
+        (lock,) = locks
+        # The refresh may take refresh_timeout (60 s), far longer than a request's deadline (4 s).
+        assert redis_db.pttl(lock) > 4_000
+    finally:
+        gate.set()
+    _refreshed(a)
+    assert crls.count(CRL_PATH) == 2
+
+
 def _crl_source(app: MTLSMiddleware) -> CRLSource:
     checker = app.authenticator.revocation
     assert checker is not None
@@ -325,6 +355,99 @@ def test_forged_crl_in_redis_is_refused_and_refetched(cluster: Cluster, crls: CR
     assert redis_db.get(key) == crl_der(genuine)  # B shared the genuine CRL in its place
 
 
+def test_another_cas_genuine_crl_in_redis_is_refused_and_refetched(
+    cluster: Cluster, crls: CRLServer, redis_db: Any
+) -> None:
+    # Authentic and fresh, but the root's: stored under this URL it must not fail the location.
+    leaf = cluster.issue("wrong issuer", crl_url=crls.url(CRL_PATH))
+    genuine = crl_bytes(make_crl(cluster.pki.issuing))
+    crls.set(CRL_PATH, genuine)
+    assert cluster.get(cluster.worker(), leaf).status_code == 200
+    (key,) = data_keys(redis_db, "crl")
+    redis_db.set(key, crl_der(crl_bytes(make_crl(cluster.pki.root))), px=600_000)
+    b = cluster.worker()
+    assert [cluster.get(b, leaf).status_code for _ in range(2)] == [200, 200]
+    assert crls.count(CRL_PATH) == 2  # B refused the root's CRL and asked the URL, once
+    assert shared(b).stats()["rejected"] == 1
+    assert redis_db.get(key) == crl_der(genuine)  # and shared the right one in its place
+    c = cluster.worker()
+    assert cluster.get(c, leaf).status_code == 200
+    assert shared(c).stats()["hits"] == 1
+
+
+def test_another_cas_crl_that_its_configured_url_really_serves_stays_in_redis(
+    cluster: Cluster, crls: CRLServer, redis_db: Any
+) -> None:
+    # A configured URL may serve another CA's CRL (here the root's): shared by whoever checked a
+    # certificate of that CA, it is no forgery, and a worker checking someone else must not delete it.
+    root_crl = crl_bytes(make_crl(cluster.pki.root))
+    root_url = crls.set("/root.crl", root_crl)
+    issuing_url = crls.set(CRL_PATH, crl_bytes(make_crl(cluster.pki.issuing)))
+    leaf = cluster.issue("configured urls")  # no distribution point of its own
+    key = f"mtls_middleware:revocation:crl:{root_url}"
+    redis_db.set(key, crl_der(root_crl), px=600_000)
+    b = cluster.worker(crls=[root_url, issuing_url])
+    assert cluster.get(b, leaf).json["revocation"] == "crl:good"
+    assert shared(b).stats()["rejected"] == 0
+    assert redis_db.exists(key) == 1
+
+
+def test_an_older_ocsp_good_replayed_into_redis_is_refused_by_a_worker_that_saw_newer(
+    cluster: Cluster, responder: OCSPTestResponder, redis_db: Any
+) -> None:
+    # Genuine and unexpired, but superseded: the "good" from before the certificate was revoked.
+    leaf = cluster.issue("replayed good", ocsp_url=responder.url)
+    responder.clock_offset = -MINUTE
+    assert cluster.get(cluster.worker(), leaf).status_code == 200
+    (key,) = data_keys(redis_db, "ocsp")
+    old_good = redis_db.get(key)
+    redis_db.delete(key)
+    responder.clock_offset = dt.timedelta(0)
+    responder.validity = dt.timedelta(seconds=1)  # B's own copy of the "revoked" soon leaves its memory
+    responder.set_status(leaf.cert.serial_number, "revoked", revoked_at=NOW)
+    b = cluster.worker(cache_size=0)  # no verdict cache: every request asks the revocation checker
+    assert cluster.get(b, leaf).json["error"] == "certificate_revoked"
+    threading.Event().wait(1.2)
+    redis_db.set(key, old_good, px=60_000)
+    assert cluster.get(b, leaf).json["error"] == "certificate_revoked"
+    assert shared(b).stats()["rejected"] == 1
+    assert responder.requests == 3  # B refused the replay and asked the responder again
+
+
+def test_oversize_ocsp_data_in_redis_is_refused_unread(
+    cluster: Cluster, responder: OCSPTestResponder, redis_db: Any
+) -> None:
+    # A genuine response behind a 1 MB label: it would verify, but is far over max_ocsp_bytes.
+    leaf = cluster.issue("oversize ocsp", ocsp_url=responder.url)
+    assert cluster.get(cluster.worker(), leaf).status_code == 200
+    (key,) = data_keys(redis_db, "ocsp")
+    _, _, der = redis_db.get(key).partition(b"\n")
+    redis_db.set(key, b"x" * 1_000_000 + b"\n" + der, px=60_000)
+    b = cluster.worker()
+    assert cluster.get(b, leaf).json["revocation"] == "ocsp:good"
+    assert shared(b).stats()["rejected"] == 1
+    assert shared(b).stats()["hits"] == 0
+    assert responder.requests == 2  # B asked the responder instead
+    assert len(redis_db.get(key)) < 65536  # the oversize value is gone, B's answer shared in its place
+
+
+@pytest.mark.parametrize("size", [pytest.param(100, id="at-the-cap"), pytest.param(101, id="one-byte-over")])
+def test_shared_data_is_capped_at_max_bytes(redis_db: Any, redis_server: RedisServer, size: int) -> None:
+    cache = SharedCache(redis_server.url, prefix="capped:")
+    try:
+        redis_db.set("capped:crl:http://ca/x.crl", b"c" * size)
+        claim = cache.claim("crl", "http://ca/x.crl", deadline=time.monotonic() + 5, max_bytes=100)
+        if size <= 100:
+            assert claim.data == b"c" * size
+        else:
+            assert claim.data is None
+            assert claim.token is not None  # a miss: this worker fetches it
+            assert cache.stats()["rejected"] == 1
+            assert redis_db.exists("capped:crl:http://ca/x.crl") == 0
+    finally:
+        cache.close()
+
+
 # -- Redis down, hung, back ----------------------------------------------------------------------
 
 
@@ -381,6 +504,37 @@ def test_a_hung_redis_costs_one_timeout_not_the_request(pki: TestPKI, responder:
         c.close()
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize(
+    "delay",
+    [
+        pytest.param(0.4, id="slower-than-half-the-timeout"),
+        pytest.param(0.2, id="just-under-half-the-timeout"),
+    ],
+)
+def test_a_slow_redis_never_costs_more_than_one_timeout_past_the_deadline(
+    pki: TestPKI, responder: OCSPTestResponder, redis_server: RedisServer, redis_db: Any, delay: float
+) -> None:
+    # Deadline 2 s, Redis timeout 0.5 s; the responder answers late, so the fetch ends near the
+    # deadline and whatever Redis is asked after it would run past.
+    responder.delay = 0.75
+    with SlowRelay(redis_server.port, delay) as relay:
+        c = Cluster(pki, relay.url)
+        try:
+            leaf = c.issue(f"slow redis {delay}", ocsp_url=responder.url)
+            app = c.worker(revocation_timeout=1.0, revocation_deadline=2.0)
+            timeout = shared(app).timeout
+            started = time.monotonic()
+            response = c.get(app, leaf)
+            took = time.monotonic() - started
+            print(f"\nreply delay {delay} s: the request took {took:.2f} s; stats {shared(app).stats()}")
+            assert response.json["revocation"] == "ocsp:good"
+            assert took < 2.0 + timeout  # a bound, not a benchmark
+            if delay > timeout / 2:
+                assert shared(app).stats()["errors"] == 1  # then Redis is left alone for retry_after
+        finally:
+            c.close()
 
 
 # -- configuration -----------------------------------------------------------------------------

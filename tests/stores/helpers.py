@@ -3,10 +3,13 @@ uploaders among them), history records, and the middleware in front of a store."
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +22,7 @@ from mtls_middleware.history import LoginRecord
 from mtls_middleware.stores.base import Store
 from mtls_middleware.testing import Issued, TestPKI
 from mtls_middleware.wsgi import MTLSMiddleware
+from tests.integration.conftest import free_port
 
 if TYPE_CHECKING:
     from _pytest.mark.structures import ParameterSet
@@ -146,3 +150,70 @@ def changes_refusing_alice(*, delete: str, deactivate: str, org_off: str) -> lis
         pytest.param(deactivate, "user_inactive", id="user-deactivated"),
         pytest.param(org_off, "certificate_auth_disabled", id="org-switched-off"),
     ]
+
+
+# -- a TCP relay to a server, to cut or freeze -----------------------------------------------------
+
+
+class Relay:
+    """A TCP relay from a local port to the PostgreSQL server; ``cut`` closes it (listener and
+    every relayed connection), ``restore`` listens again on the same port; while ``frozen`` it
+    keeps every connection open and swallows what it reads (a server that hangs: TCP itself
+    stays healthy, so only a deadline of the client's own can tell)."""
+
+    def __init__(self, target: tuple[str, int] = ("127.0.0.1", 5432)) -> None:
+        self.target = target
+        self.port = free_port()
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._server: socket.socket | None = None
+        self.frozen = False
+        self.restore()
+
+    def restore(self) -> None:
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(32)
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def cut(self) -> None:
+        with self._lock:
+            server, self._server = self._server, None
+            sockets, self._sockets = self._sockets, []
+        for sock in [server, *sockets]:
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                if self._server is not server:
+                    client.close()
+                    upstream.close()
+                    return
+                self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if not self.frozen:
+                    sink.sendall(data)
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)

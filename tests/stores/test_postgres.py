@@ -5,10 +5,8 @@ stopped). The contract suite runs over this store as well (``-k postgresql``).""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
-import socket
 import sys
 import threading
 import time
@@ -26,6 +24,7 @@ from mtls_middleware.testing import Issued, TestPKI
 from tests.integration.conftest import free_port
 from tests.stores.backend_postgresql import DSN, drop_schemas, new_schema, require_postgres
 from tests.stores.helpers import (
+    Relay,
     changes_refusing_alice,
     finish,
     history_record,
@@ -384,70 +383,6 @@ def test_a_forked_child_uses_connections_of_its_own(schema: str, alice: Issued) 
 # -- PostgreSQL unreachable: a relay we can cut ---------------------------------------------------
 
 
-class Relay:
-    """A TCP relay from a local port to the PostgreSQL server; ``cut`` closes it (listener and
-    every relayed connection), ``restore`` listens again on the same port; while ``frozen`` it
-    keeps every connection open and swallows what it reads (a server that hangs: TCP itself
-    stays healthy, so only a deadline of the client's own can tell)."""
-
-    def __init__(self, target: tuple[str, int] = ("127.0.0.1", 5432)) -> None:
-        self.target = target
-        self.port = free_port()
-        self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
-        self._server: socket.socket | None = None
-        self.frozen = False
-        self.restore()
-
-    def restore(self) -> None:
-        server = socket.socket()
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind(("127.0.0.1", self.port))
-        server.listen(32)
-        self._server = server
-        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
-
-    def cut(self) -> None:
-        with self._lock:
-            server, self._server = self._server, None
-            sockets, self._sockets = self._sockets, []
-        for sock in [server, *sockets]:
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
-
-    def _accept(self, server: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = server.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                if self._server is not server:
-                    client.close()
-                    upstream.close()
-                    return
-                self._sockets += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                if not self.frozen:
-                    sink.sendall(data)
-        for sock in (source, sink):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-
 @pytest.fixture
 def relay() -> Iterator[Relay]:
     require_postgres()
@@ -600,3 +535,130 @@ def test_a_counter_that_went_back_is_a_change_too(schema: str) -> None:
         before = store.generation
         _sql("UPDATE {s}.meta SET value = 1 WHERE key = 'generation'", schema=schema)
         assert _wait_for(lambda: store.generation != before, 5.0)
+
+
+# -- the listener's own faults --------------------------------------------------------------------
+
+# A busy server process holds more than 1024 descriptors; select() cannot watch one above 1023.
+MANY_FDS = """
+    import os, resource, sys, time
+    from mtls_middleware.history import LoginRecord
+    from mtls_middleware.stores.postgres import PostgresStore
+    url = sys.argv[1]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2048:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(2048, hard), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    store = PostgresStore(url, fallback_interval=60.0)
+    other = PostgresStore(url)
+    try:
+        listener_fd = store._listener.conn.pgconn.socket if store._listener.conn else -1
+        before = store.generation
+        other.add_user("bob")  # only the notification can tell within the wait below
+        deadline = time.monotonic() + 10
+        while store.generation == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        store.record(LoginRecord("accepted", "tls:environ", user_id="bob", time=1000.0))
+        flushed = store.flush(10)
+        print(max(held) > 1023, listener_fd > 1023, store.listener_connected,
+              store._listener.failures, store.generation != before, flushed, store.history_backlog)
+    finally:
+        other.close()
+        store.close()
+"""
+
+
+def test_the_listener_works_with_more_than_1024_descriptors_open(schema: str) -> None:
+    import resource
+
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[1] < 1200:
+        pytest.skip("the hard RLIMIT_NOFILE is below 1200: cannot hold 1100 descriptors")
+    PostgresStore(DSN, schema=schema).close()
+    out = finish(run_python(MANY_FDS, _url(schema))).split()
+    # descriptors above 1023 held, the listener's among them; connected, never failed; a change
+    # made elsewhere is seen; the history is written (not kept back for a listener that is down).
+    assert out == ["True", "True", "True", "0", "True", "True", "0"]
+
+
+def test_a_failing_listener_backs_off_and_logs_once_per_outage(
+    schema: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with PostgresStore(DSN, schema=schema, fallback_interval=0.4, reconnect_delay=0.05) as store:
+        listener = store._listener
+        sleeps: list[float] = []
+        real_sleep = listener._sleep
+
+        def failing_session(reconnected: bool) -> None:
+            raise RuntimeError("a fault of the listener's own (not the database's)")
+
+        def recorded_sleep(seconds: float) -> None:
+            sleeps.append(seconds)
+            real_sleep(seconds)
+
+        monkeypatch.setattr(listener, "_session", failing_session)
+        monkeypatch.setattr(listener, "_sleep", recorded_sleep)
+        caplog.set_level("WARNING", logger="mtls_middleware")
+        killed = _sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            f"mtls listener {schema}",
+        )
+        assert killed == [(True,)]
+        assert _wait_for(lambda: len(sleeps) >= 6)
+        assert not store.listener_connected
+        assert sleeps[:6] == [0.05, 0.1, 0.2, 0.4, 0.4, 0.4]  # doubling, capped at fallback_interval
+        failed = [r for r in caplog.records if "listener" in r.getMessage() and r.levelname == "ERROR"]
+        assert len(failed) == 1  # the first failure of the outage, with its traceback
+        assert failed[0].exc_info is not None
+
+
+def test_a_listener_thread_that_died_stops_cached_verdicts_within_the_bound(
+    schema: str, pki: TestPKI, alice: Issued
+) -> None:
+    with PostgresStore(DSN, schema=schema, fallback_interval=0.2) as store:
+        store.add_user("alice", org="acme")
+        store.upload_certificate(alice.chain_pem, user_id="alice")
+        client = wsgi_client(store, pki)
+        environ = tls_environ(alice, pki)
+        assert client.get("/", environ_overrides=environ).status_code == 200
+        # The thread ends without a word, its connection flag still set: nothing else notices.
+        store._listener.stop()
+        store._listener.thread.join(5)
+        assert not store._listener.thread.is_alive()
+        assert store.listener_connected
+        with PostgresStore(DSN, schema=schema) as other:
+            other.delete_certificate(alice.fingerprint)  # its notification goes unheard here
+        # Within 2 * fallback_interval, the generation is new at every read: no cached verdict.
+        assert _wait_for(lambda: store.generation != store.generation, 5.0)
+        refused = client.get("/", environ_overrides=environ)
+        assert (refused.status_code, (refused.json or {}).get("error")) == (403, "unknown_certificate")
+
+
+# -- load and hostile notifications ---------------------------------------------------------------
+
+
+def test_a_busy_pool_gives_503_and_keeps_the_cached_verdicts(schema: str) -> None:
+    with PostgresStore(DSN, schema=schema, max_size=1, timeout=0.2) as store:
+        store.add_user("alice")
+        before = store.generation
+        # A slow request holds the only connection: the database is fine, the pool is busy.
+        with store._pool.connection(), pytest.raises(MTLSError) as info:
+            store.resolve_certificate("ab" * 32)
+        assert info.value.reason is Reason.STORE_UNAVAILABLE
+        assert store.generation == before  # load is not a missed change: the cache stays
+
+
+def test_a_forged_notification_does_not_silence_invalidation(schema: str, alice: Issued) -> None:
+    # Any role may NOTIFY on the channel. The fallback re-read is 60 s away: only notifications
+    # and the process's own writes can raise the generation within the waits below.
+    with (
+        PostgresStore(DSN, schema=schema, fallback_interval=60.0) as writer,
+        PostgresStore(DSN, schema=schema, fallback_interval=60.0) as reader,
+    ):
+        writer.add_user("alice")
+        writer.upload_certificate(alice.chain_pem, user_id="alice")
+        _sql("SELECT pg_notify(%s, %s)", writer.channel, str(10**15))
+        assert _wait_for(lambda: writer._seen == reader._seen == 10**15, 5.0)
+        seen_by_writer, seen_by_reader = writer.generation, reader.generation
+        writer.delete_certificate(alice.fingerprint)
+        assert writer.generation != seen_by_writer  # its own write, at once
+        assert _wait_for(lambda: reader.generation != seen_by_reader, 5.0)  # the real notification

@@ -38,7 +38,8 @@ MIDDLEWARE = [
 # The certificate backend takes only the certificate's identity: password logins never reach it.
 AUTHENTICATION_BACKENDS = [
     "mtls_middleware.contrib.django.backends.CertificateBackend",
-    "django.contrib.auth.backends.ModelBackend",
+    # Password logins, refused for users whose certificate is the only way in (enforce_mtls).
+    "mtls_middleware.contrib.django.backends.PasswordBackend",
 ]
 
 ROOT_URLCONF = "mtls_example.urls"

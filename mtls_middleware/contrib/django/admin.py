@@ -5,7 +5,9 @@ Certificates are uploaded, renamed and deleted through the store
 (:func:`~mtls_middleware.contrib.django.store.shared_store`), so the upload rules are the same as
 everywhere and a deletion invalidates cached verdicts at once; each of these changes, and every
 change of a user's settings or an organisation, is recorded in the audit log with the actor
-``django:<username>``. The login history and the audit log are read-only.
+``django:<username>``. Deleting a user deletes its certificates too, and records a
+``certificate.delete`` entry for each of them besides the ``user.delete``. The login history and
+the audit log are read-only.
 """
 
 from __future__ import annotations
@@ -254,7 +256,15 @@ class CertificateUserAdmin(admin.ModelAdmin):
 
     def delete_model(self, request: HttpRequest, obj: CertificateUser) -> None:
         state = _user_state(obj)
+        # The user's certificates go with it (CASCADE): each is audited as a deletion of its own,
+        # as if deleted one by one, so that a certificate's audit trail does not end in silence.
+        cascaded = [
+            (cert.fingerprint, _cert_state(cert))
+            for cert in obj.certificates.select_related("user").order_by("fingerprint")
+        ]
         super().delete_model(request, obj)
+        for fingerprint, cert_state in cascaded:
+            _audit(request, "certificate.delete", fingerprint, cert_state, None)
         _audit(request, "user.delete", obj.user_id, state, None)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:

@@ -10,6 +10,14 @@ The certificate was judged by the middleware (validation, revocation, the mTLS s
 and organisation state); this backend only finds the Django user whose ``USERNAME_FIELD`` equals
 the identity's ``user_id``, and refuses inactive users (``is_active`` False). Permissions and
 ``get_user`` are :class:`~django.contrib.auth.backends.ModelBackend`'s.
+
+``PasswordBackend`` is ``ModelBackend`` (username and password) for projects whose store gives
+some users the ``enforce_mtls`` permission (certificate login is the only way in): list it
+instead of ``ModelBackend``, and such a user's correct password is refused (``PermissionDenied``,
+so no later backend is tried and ``user_login_failed`` is sent) unless the login request itself
+carries that user's accepted certificate. :class:`~.middleware.MTLSMiddleware` makes a session of
+such a user anonymous without the certificate whatever backend made it; this backend refuses the
+login up front, instead of a login that leads nowhere.
 """
 
 from __future__ import annotations
@@ -18,11 +26,15 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.backends import ModelBackend
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
 
+from ...errors import MTLSError
 from ...identity import Identity
+from . import conf
+from .middleware import certificate_login_required
 
-__all__ = ["CertificateBackend"]
+__all__ = ["CertificateBackend", "PasswordBackend"]
 
 
 class CertificateBackend(ModelBackend):
@@ -66,4 +78,40 @@ class CertificateBackend(ModelBackend):
         """Fill in a user just created for ``identity`` (with ``create_unknown_user``); save it and
         return it. The default saves the unusable password only."""
         user.save()
+        return user
+
+
+class PasswordBackend(ModelBackend):
+    """``ModelBackend``, refusing the password of a user who must log in by certificate.
+
+    A user whose username names a store user with the ``enforce_mtls`` permission is refused
+    unless ``request.mtls_identity`` (set by :class:`~.middleware.MTLSMiddleware` on a path it
+    authenticates) is that user's certificate identity; so is everyone when the store cannot
+    answer (fail closed). Other users, and users unknown to the store, log in as with
+    ``ModelBackend``.
+    """
+
+    def authenticate(
+        self,
+        request: HttpRequest | None,
+        username: str | None = None,
+        password: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """The user of a correct ``username`` and ``password``, or None (as ``ModelBackend``).
+
+        Raises:
+            PermissionDenied: the password is correct, but the user must log in by certificate;
+                Django's ``authenticate`` then returns None without trying later backends.
+        """
+        user = super().authenticate(request, username=username, password=password, **kwargs)
+        if user is None:
+            return None
+        identity = getattr(request, "mtls_identity", None) if request is not None else None
+        try:
+            store = conf.get_authenticator().store
+        except MTLSError:  # settings that cannot work: the middleware refuses every request too
+            raise PermissionDenied from None
+        if certificate_login_required(store, user, identity if isinstance(identity, Identity) else None):
+            raise PermissionDenied
         return user

@@ -30,7 +30,22 @@ the ``MTLS_*`` settings, see :mod:`.conf`), which decides everything:
   session said. Nothing is written to the session and no ``user_logged_in`` signal is sent: each
   request is authenticated by its own certificate, so no session (and no session middleware) is
   needed. A request without a certificate (optional mode, exempt paths) keeps the user
-  ``AuthenticationMiddleware`` found, such as a password login's.
+  ``AuthenticationMiddleware`` found, such as a password login's, with one exception:
+- A user who must log in by certificate (the store's user of the same id, the Django username,
+  holds the ``enforce_mtls`` permission) is never served without it. When ``request.user`` is not
+  the user of the request's own accepted certificate (no certificate: optional mode, exempt
+  paths; a certificate of another user with ``MTLS_SET_USER = False``) and is such a user (a
+  session from a password, SSO or other login), the request is *anonymous*: ``request.user``
+  and ``request.auser()`` give ``AnonymousUser``; the session is left as it is. The check is
+  :func:`mtls_middleware.identity.require_certificate_login` (its ``no_certificate`` refusal is
+  logged); it costs one ``Store.resolve_user`` lookup, made lazily, only when the view (or a later
+  middleware) reads the user and the user is authenticated. A store fault during the check also
+  makes the request anonymous (fail closed). Anonymous rather than a 401 ``no_certificate``
+  refusal: exempt paths never look at a certificate, so a refusal would lock the user out of
+  them (a login or logout page) even when they present one, and optional mode serves anonymous
+  requests anyway. To refuse the password login itself, use
+  :class:`~.backends.PasswordBackend` instead of ``ModelBackend``. Middleware placed *before*
+  this one still sees the session's user.
 
 Under WSGI the request's environ (``request.META``) is read, under ASGI its ``request.scope``
 (the TLS extension, the headers exactly as received). Under ASGI all of the work (validation,
@@ -48,12 +63,13 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_asy
 from django.http import HttpRequest, HttpResponse
 
 from ...authenticator import Authenticator, asgi_peer
-from ...errors import MTLSError, Reason
-from ...identity import ENVIRON_KEY, Identity
+from ...errors import MTLSError, NoCertificateError, Reason
+from ...identity import ENVIRON_KEY, Identity, require_certificate_login
+from ...stores.base import Store
 from ...wsgi import error_response
 from . import conf
 
-__all__ = ["MTLSMiddleware", "refusal_response"]
+__all__ = ["MTLSMiddleware", "certificate_login_required", "refusal_response"]
 
 log = logging.getLogger("mtls_middleware")
 
@@ -122,13 +138,16 @@ class MTLSMiddleware:
         try:
             if auth.config.exempt_paths and auth.config.is_exempt(request.path_info):
                 self._strip_untrusted(auth, request)
+                _guard_user(auth.store, request, None)
                 return None
             identity = self._authenticate(auth, request)
             if identity is not None:
                 request.mtls_identity = identity
                 request.META[ENVIRON_KEY] = identity
-                if options.set_user:
-                    _set_user(request, identity)
+            if identity is not None and options.set_user:
+                _set_user(request, identity)  # the certificate's own user: nothing to guard
+            else:
+                _guard_user(auth.store, request, identity)
         except MTLSError as exc:
             return refusal_response(exc)
         except Exception:  # fail closed: a fault here must not reach the client as a trace
@@ -175,3 +194,61 @@ def _set_user(request: HttpRequest, identity: Identity) -> None:
 
     request.user = user
     request.auser = auser
+
+
+def certificate_login_required(store: Store, user: Any, identity: Identity | None) -> bool:
+    """Whether ``user`` (a Django user, or AnonymousUser) must not be served on ``identity`` (the
+    request's accepted certificate identity, or None): True for an authenticated user whose
+    username names a store user with the ``enforce_mtls`` permission, unless ``identity`` is that
+    user's own (:func:`~mtls_middleware.identity.require_certificate_login`).
+
+    Fails closed: True when the store cannot answer (the fault is logged). Blocks on the store:
+    never call it on an event loop.
+    """
+    if not getattr(user, "is_authenticated", False):
+        return False
+    username = user.get_username()
+    try:
+        require_certificate_login(store, username, identity)
+    except NoCertificateError as exc:
+        log.info(
+            "mtls_middleware: %s: Django user %r must present their client certificate (enforce_mtls)",
+            exc.reason.value, username,
+        )
+        return True
+    except Exception:  # the store cannot say: not served as this user
+        log.exception("mtls_middleware: cannot check whether %r must log in by certificate", username)
+        return True
+    return False
+
+
+def _guard_user(store: Store, request: HttpRequest, identity: Identity | None) -> None:
+    """Make ``request.user`` and ``request.auser()`` anonymous if they are a user who must log in
+    by certificate and ``identity`` is not theirs; lazily, so that a view that never reads the user
+    costs no store lookup."""
+    if not hasattr(request, "user"):  # no AuthenticationMiddleware (or django.contrib.auth)
+        return
+    from django.contrib.auth.models import AnonymousUser
+    from django.utils.functional import SimpleLazyObject
+
+    found = request.user  # still AuthenticationMiddleware's lazy object: nothing evaluated here
+    found_auser = getattr(request, "auser", None)
+    decided: dict[str, Any] = {}
+
+    def checked(user: Any) -> Any:
+        if "user" not in decided:
+            decided["user"] = AnonymousUser() if certificate_login_required(store, user, identity) else user
+        return decided["user"]
+
+    request.user = SimpleLazyObject(lambda: checked(found))
+    if found_auser is not None:
+
+        async def auser() -> Any:
+            if "user" in decided:
+                return decided["user"]
+            user = await found_auser()
+            if not getattr(user, "is_authenticated", False):
+                return user  # nobody to check: no thread hop
+            return await sync_to_async(checked, thread_sensitive=True)(user)
+
+        request.auser = auser

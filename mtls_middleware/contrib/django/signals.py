@@ -19,10 +19,20 @@ an attribute read). It rises
   row differs from what it last saw. A failed read raises it too (a change that could not be seen
   must not keep verdicts alive).
 
+The poll has a deadline of its own: when the last successful read is older than
+:data:`STALE_AFTER` (two intervals and a margin), the counter is a new number at every read, so
+no cached verdict is served, until a read succeeds again. A database that stops answering
+without closing the connection (a network partition: the read would wait for the kernel's TCP
+timeout, about 15 minutes) or a poll thread that died is noticed within that bound; the thread
+is restarted when it is found dead.
+
 A process sees a new number only once the change is committed, so when it then reads the
-database it sees the change. Limit: a process killed between an ORM change's commit and the raise
-that follows it (or a database that fails just then, which is logged) leaves the other processes
-unaware of that change until the next one.
+database it sees the change. Limit: changes made through the ORM or the admin raise the row
+only *after* their commit, in a statement of its own; a process killed between the two, or a
+database that fails just then (logged, and this process drops its cache), leaves the other
+processes unaware of that change, serving verdicts they cached before it, until the next change
+of the store (or their cache entries expire). Changes made through :class:`DjangoStore` itself
+raise the row inside their own transaction and have no such gap.
 
 ``QuerySet.update()``, ``bulk_create`` and raw SQL send no signals: call :func:`invalidate`
 after them.
@@ -30,21 +40,31 @@ after them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 from django.db import connections, transaction
 from django.db.models import F
 from django.db.models.signals import post_delete, post_save
 
-__all__ = ["POLL_INTERVAL", "Watch", "bump", "bump_in_transaction", "connect", "invalidate", "watch"]
+__all__ = [
+    "POLL_INTERVAL", "STALE_AFTER", "Watch", "bump", "bump_in_transaction", "connect", "invalidate", "watch",
+]
 
 log = logging.getLogger("mtls_middleware")
 
 #: How often (seconds) each process reads the generation row for other processes' changes.
 POLL_INTERVAL = 0.5
+
+#: How old (seconds) the last successful read of the row may be before cached verdicts are no
+#: longer served: two intervals, and a margin for a slow query or a busy process.
+STALE_AFTER = 2 * POLL_INTERVAL + 1.0
+
+_monotonic = time.monotonic  # bound once: the generation is read on every request
 
 _ROW = 1
 
@@ -57,12 +77,17 @@ class Watch:
     """This process's view of one database's generation row.
 
     ``value`` only ever rises; the polling thread runs while at least one store holds the watch.
+    :meth:`current` is what a store's ``generation`` returns.
     """
 
     def __init__(self, using: str) -> None:
         self.using = using
         self.value = 0
+        # Until this monotonic time, the last successful read of the row is recent enough.
+        self.fresh_until = 0.0
         self._seen: object = None
+        self._thread: threading.Thread | None = None
+        self._stale_logged = False
         # Reentrant: a dropped _Settle counts from __del__, wherever the interpreter frees it.
         self._lock = threading.RLock()
         self._holders = 0
@@ -94,6 +119,36 @@ class Watch:
             self._seen = _UNREAD
             self.value += 1
 
+    def current(self) -> int:
+        """The counter; a new number at each call while the row has not been read for over
+        :data:`STALE_AFTER` seconds (no cached verdict is served while changes could go unseen)."""
+        if _monotonic() < self.fresh_until:
+            return self.value
+        return self.stale()
+
+    def stale(self) -> int:
+        """The slow half of :meth:`current`: count, log once, restart a polling thread that died."""
+        with self._lock:
+            self.value += 1
+            value = self.value
+            dead = self._holders > 0 and self._thread is not None and not self._thread.is_alive()
+            if dead:
+                self._start()
+            if dead or not self._stale_logged:
+                self._stale_logged = True
+                log.error(
+                    "mtls_middleware: the store generation of database %r has not been read for over "
+                    "%.1f s%s; cached verdicts are not served until it is", self.using, STALE_AFTER,
+                    " (its polling thread had died and is restarted)" if dead else "",
+                )
+        return value
+
+    def _fresh(self) -> None:
+        self.fresh_until = _monotonic() + STALE_AFTER
+        if self._stale_logged:
+            self._stale_logged = False
+            log.warning("mtls_middleware: the store generation of database %r is read again", self.using)
+
     # -- the polling thread ---------------------------------------------------------------------
     def acquire(self) -> None:
         """A store starts using the watch: read the row now, and poll while it is held.
@@ -111,8 +166,10 @@ class Watch:
                 with self._lock:
                     self._holders -= 1
                 raise
-            self._seen = seen
-            self._start()
+            with self._lock:
+                self._seen = seen
+                self._fresh()
+                self._start()
 
     def release(self) -> None:
         with self._lock:
@@ -124,11 +181,15 @@ class Watch:
             stop.set()
 
     def _start(self) -> None:
+        """Start a polling thread (hold ``_lock``); a previous one, if any, is told to stop."""
+        if self._stop is not None:
+            self._stop.set()
         stop = threading.Event()
         self._stop = stop
         thread = threading.Thread(
             target=self._poll, args=(stop,), name=f"mtls-generation {self.using}", daemon=True
         )
+        self._thread = thread
         thread.start()
 
     def _poll(self, stop: threading.Event) -> None:
@@ -145,18 +206,32 @@ class Watch:
                         )
                     self._failing = True
                     self.unknown()
-                    connections[self.using].close()  # the next read reconnects
+                    _close(self.using)  # the next read reconnects
                     continue
+                if stop.is_set():
+                    break  # replaced meanwhile (it hung): the new thread reports
                 self._failing = False
                 self.observed(row)
+                self._fresh()
+        except BaseException:  # the thread must not end quietly: the next stale read restarts it
+            log.exception("mtls_middleware: the generation poll of database %r failed", self.using)
         finally:
-            connections[self.using].close()
+            _close(self.using)
 
     def _after_fork(self) -> None:
         # The parent's thread does not exist here; its lock may have been held.
         self._lock = threading.RLock()
+        self._stop = None
+        self.fresh_until = 0.0  # until the child's own thread has read the row
         if self._holders > 0:
             self._start()
+
+
+def _close(using: str) -> None:
+    """Close this thread's connection to ``using``; whatever that raises (a connection already
+    broken), the polling thread goes on."""
+    with contextlib.suppress(Exception):
+        connections[using].close()
 
 
 _UNREAD = object()

@@ -10,9 +10,11 @@ Users are :class:`~.models.CertificateUser` rows keyed by the ``user_id`` string
 :mod:`.models` for how they relate to ``AUTH_USER_MODEL``); user ids and organisation names are at
 most 255 characters.
 
-``generation`` is an attribute read of this process's counter (see :mod:`.signals`): a change
-made in this process shows at once, one made by another process (a web worker, ``manage.py
-mtls``, the admin) within 0.5 s plus one query.
+``generation`` is an attribute read of this process's counter and one clock comparison (see
+:mod:`.signals`): a change made in this process shows at once, one made by another process (a
+web worker, ``manage.py mtls``, the admin) within 0.5 s plus one query. While the counter's row
+cannot be read (the database down or not answering), it is a new number at every read, within
+:data:`.signals.STALE_AFTER` (2 s) at the latest: no cached verdict is served.
 
 The login history is written by a :class:`~mtls_middleware.history.HistoryWriter` thread in
 batches (``bulk_create``), on a database connection of its own; ``record`` costs an append.
@@ -33,6 +35,7 @@ import datetime as dt
 import functools
 import json
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -82,6 +85,8 @@ except (ImproperlyConfigured, AppRegistryNotReady) as _exc:
 from .signals import bump, bump_in_transaction, suppressed, watch
 
 __all__ = ["DjangoStore", "shared_store"]
+
+_monotonic = time.monotonic  # bound once: the generation is read on every request
 
 _MAX_ID = 2**63 - 1
 _UTC = dt.timezone.utc
@@ -250,7 +255,12 @@ class DjangoStore(WrittenHistory, StoreFront):
 
     @property
     def generation(self) -> int:
-        return self._watch.value
+        """This process's counter (see :mod:`.signals`); a new number at every read while the
+        generation row has not been read for over :data:`.signals.STALE_AFTER` seconds."""
+        found = self._watch
+        if _monotonic() < found.fresh_until:
+            return found.value
+        return found.stale()
 
     # -- plumbing ---------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -3,6 +3,8 @@ and only ever answers its own keyword (password logins never reach it)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -144,3 +146,78 @@ def test_username_for_maps_another_way(users: Any, alice: Issued) -> None:
     assert user is not None
     assert user.get_username() == "alice"
 
+
+
+# -- PasswordBackend: ModelBackend refusing users who must log in by certificate ------------------
+PASSWORD = "mtls_middleware.contrib.django.backends.PasswordBackend"
+
+
+@pytest.fixture
+def enforcing(users: Any, pki_dir: Path) -> Iterator[Any]:
+    """The project's store: alice (acme) must log in by certificate, bob (acme) need not."""
+    from mtls_middleware.contrib.django import conf
+    from mtls_middleware.contrib.django.store import shared_store
+
+    users.create_user("bob", password="bob-password")
+    store = shared_store()
+    store.add_user("alice", org="acme", permissions=["enforce_mtls"])
+    store.add_user("bob", org="acme")
+    with override_settings(MTLS_TRUST_ROOTS=str(pki_dir / "root.pem"), MTLS_REVOCATION="off"):
+        yield store
+    conf.reset()
+
+
+@pytest.mark.parametrize(
+    ("username", "password", "logged_in"),
+    [
+        pytest.param("alice", "alice-password", False, id="enforce_mtls-refused"),
+        pytest.param("bob", "bob-password", True, id="store-user-without-enforce_mtls"),
+        pytest.param("carl", "carl-password", True, id="unknown-to-the-store"),
+        pytest.param("bob", "wrong", False, id="wrong-password"),
+    ],
+)
+def test_password_backend_refuses_only_users_who_must_use_a_certificate(
+    username: str, password: str, logged_in: bool, enforcing: Any, users: Any
+) -> None:
+    users.create_user("carl", password="carl-password")
+    with override_settings(AUTHENTICATION_BACKENDS=[BACKEND, PASSWORD]):
+        assert Client().login(username=username, password=password) is logged_in
+
+
+def test_password_backend_stops_later_backends_and_reports_the_failure(enforcing: Any) -> None:
+    """PermissionDenied: a ModelBackend listed after it does not let the same password in, and
+    Django sends user_login_failed."""
+    failed: list[Any] = []
+
+    def on_failed(sender: Any, credentials: Any, **kwargs: Any) -> None:
+        failed.append(credentials["username"])
+
+    auth.signals.user_login_failed.connect(on_failed)
+    try:
+        with override_settings(AUTHENTICATION_BACKENDS=[BACKEND, PASSWORD, MODEL_BACKEND]):
+            request = RequestFactory().post("/login")
+            assert auth.authenticate(request, username="alice", password="alice-password") is None
+    finally:
+        auth.signals.user_login_failed.disconnect(on_failed)
+    assert failed == ["alice"]
+
+
+@pytest.mark.parametrize(
+    ("identity_user", "logged_in"),
+    [pytest.param("alice", True, id="her-own-certificate"), pytest.param("bob", False, id="another-users-certificate")],
+)
+def test_password_backend_lets_in_a_login_that_carries_her_certificate(
+    identity_user: str, logged_in: bool, enforcing: Any, alice: Issued
+) -> None:
+    request = RequestFactory().post("/login")
+    request.mtls_identity = identity_of(alice, identity_user)
+    with override_settings(AUTHENTICATION_BACKENDS=[BACKEND, PASSWORD]):
+        user = auth.authenticate(request, username="alice", password="alice-password")
+    assert (user.get_username() if user else None) == ("alice" if logged_in else None)
+
+
+def test_certificate_backend_still_logs_in_an_enforced_user(enforcing: Any, alice: Issued) -> None:
+    with override_settings(AUTHENTICATION_BACKENDS=[BACKEND, PASSWORD]):
+        user = auth.authenticate(RequestFactory().get("/"), mtls_identity=identity_of(alice, "alice"))
+    assert user is not None
+    assert user.get_username() == "alice"

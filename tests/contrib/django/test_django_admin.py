@@ -317,6 +317,41 @@ def test_switching_an_organisation_off_refuses_the_next_request(
     assert (entry.target, entry.before, entry.after) == ("acme", {"cert_auth": True}, {"cert_auth": False})
 
 
+def test_deleting_a_user_audits_each_cascaded_certificate(
+    admin_client: Client, store: Any, alice_user: Any, alice: Issued, pki: TestPKI
+) -> None:
+    second = pki.issue_client("alice-phone")
+    store.upload_certificate(second.chain_pem, user_id="alice", label="alice phone")
+    response = admin_client.post(url("certificateuser_delete", alice_user.pk), {"post": "yes"})
+    assert response.status_code == 302
+    assert store.list_certificates() == []
+    deleted = store.audit_log(action="certificate.delete")
+    assert sorted((e.actor, e.target, e.after) for e in deleted) == sorted(
+        [("django:admin", alice.fingerprint, None), ("django:admin", second.fingerprint, None)]
+    )
+    assert {(e.before or {}).get("user_id") for e in deleted} == {"alice"}
+    assert {(e.before or {}).get("label") for e in deleted} == {"alice laptop", "alice phone"}
+    (entry,) = store.audit_log(action="user.delete")
+    assert (entry.actor, entry.target) == ("django:admin", "alice")
+
+
+def test_delete_selected_users_audits_each_cascaded_certificate(
+    admin_client: Client, store: Any, three: dict[str, str]
+) -> None:
+    models = _models()
+    chosen = list(models.CertificateUser.objects.filter(org__name="beta").values_list("pk", flat=True))
+    response = admin_client.post(
+        url("certificateuser_changelist"), {"action": "delete_selected", "_selected_action": chosen, "post": "yes"}
+    )
+    assert response.status_code == 302
+    assert [c.user_id for c in store.list_certificates()] == ["alice"]
+    deleted = store.audit_log(action="certificate.delete")
+    assert sorted((e.actor, e.target, (e.before or {}).get("user_id")) for e in deleted) == sorted(
+        [("django:admin", three["bob"], "bob"), ("django:admin", three["carol"], "carol")]
+    )
+    assert sorted(e.target for e in store.audit_log(action="user.delete")) == ["bob", "carol"]
+
+
 # -- the login history and the audit log: read-only ------------------------------------------------
 
 

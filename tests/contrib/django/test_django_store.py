@@ -4,9 +4,10 @@ middleware drops at once, races are decided by the database, faults have reason 
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -14,6 +15,8 @@ import pytest
 from mtls_middleware import ConfigurationError, LoginRecord, ManagementError, MTLSError, Reason
 from mtls_middleware.testing import Issued, TestPKI
 from tests.contrib.django.store_support import get_as, manage_py, middleware_client, wait_for
+from tests.stores.backend_postgresql import drop_schemas, new_schema, require_postgres
+from tests.stores.helpers import Relay
 
 
 @pytest.fixture
@@ -329,3 +332,95 @@ def test_migrations_match_the_models() -> None:
 
     call_command("makemigrations", "mtls_middleware", "--check", "--dry-run", verbosity=0)
 
+
+
+# -- the poll's deadline: a database that stops answering, a polling thread that ends ------------
+
+
+@pytest.fixture
+def relayed_alias() -> Iterator[tuple[str, Relay]]:
+    """A database alias on PostgreSQL (a schema of its own, migrated) reached through a
+    :class:`Relay` the test can freeze or cut; removed afterwards."""
+    import psycopg
+    from django.conf import settings
+    from django.core.management import call_command
+    from django.db import connections
+
+    dsn = require_postgres()
+    schema = new_schema()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')  # our own generated name
+    relay = Relay()
+    alias = f"relay_{schema}"
+    database = {
+        **settings.DATABASES["default"],
+        "ENGINE": "django.db.backends.postgresql",
+        "HOST": "127.0.0.1",
+        "PORT": relay.port,
+        "USER": "postgres",
+        "NAME": "test",
+        "OPTIONS": {"options": f"-c search_path={schema}", "connect_timeout": 2},
+    }
+    # Django's defaults filled in (in place), as for the aliases of the settings file.
+    connections.configure_settings({"default": dict(settings.DATABASES["default"]), alias: database})
+    settings.DATABASES[alias] = connections.settings[alias] = database
+    try:
+        call_command("migrate", "mtls_middleware", database=alias, verbosity=0, interactive=False)
+        yield alias, relay
+    finally:
+        relay.frozen = False
+        relay.cut()
+        with contextlib.suppress(Exception):
+            connections[alias].close()
+        connections.settings.pop(alias, None)
+        settings.DATABASES.pop(alias, None)
+        drop_schemas([schema])
+
+
+def test_a_database_that_stops_answering_stops_cached_verdicts_within_the_bound(
+    relayed_alias: tuple[str, Relay], pki: TestPKI, alice: Issued
+) -> None:
+    from mtls_middleware.contrib.django.store import DjangoStore
+
+    alias, relay = relayed_alias
+    store = DjangoStore(using=alias)
+    try:
+        store.add_user("alice", org="acme")
+        store.upload_certificate(alice.chain_pem, user_id="alice")
+        client = middleware_client(store, pki)
+        assert get_as(client, alice) == (200, None)
+        assert store.generation == store.generation  # verdicts are served from the cache
+        # A partition: TCP stays up, nothing is answered; the poll's read waits (for the kernel's
+        # TCP timeout, about 15 minutes). Within STALE_AFTER, every read is a new number.
+        relay.frozen = True
+        assert wait_for(lambda: store.generation != store.generation, 10.0)
+        # The partition ends with the connections lost: polls succeed again, the cache is back.
+        relay.cut()
+        relay.frozen = False
+        relay.restore()
+        assert wait_for(lambda: store.generation == store.generation, 15.0)
+        # (The request thread's own connection was cut too: its first query may find out.)
+        assert wait_for(lambda: get_as(client, alice) == (200, None), 15.0)
+    finally:
+        relay.frozen = False
+        relay.cut()
+        store.close()
+
+
+def test_a_polling_thread_that_ends_is_noticed_and_restarted(django_store: Any) -> None:
+    from mtls_middleware.contrib.django.signals import watch
+
+    def pollers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "mtls-generation default" and t.is_alive()]
+
+    found = watch("default")
+    (first,) = pollers()
+    assert django_store.generation == django_store.generation
+    assert found._stop is not None
+    found._stop.set()  # the thread ends without a word: nothing else would notice
+    first.join(5)
+    assert not first.is_alive()
+    assert wait_for(lambda: django_store.generation != django_store.generation, 10.0)
+    assert [t is not first for t in pollers()] == [True]
+    # The new thread reads the row: the generation is steady again.
+    assert wait_for(lambda: django_store.generation == django_store.generation, 10.0)

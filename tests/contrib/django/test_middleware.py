@@ -356,6 +356,168 @@ def test_set_user_off_leaves_request_user_alone(kind: str, project: Any, alice: 
     assert (answer.json()["user_id"], answer.json()["user"]) == ("alice", None)
 
 
+# -- enforce_mtls: a user who must log in by certificate is never served on a session alone ---------
+def session_of(username: str, password: str) -> dict[str, str]:
+    """The cookies of a password login (ModelBackend, as a project that keeps it)."""
+    client = Client()
+    assert client.login(username=username, password=password)
+    return {name: morsel.value for name, morsel in client.cookies.items()}
+
+
+def get_with_session(kind: str, path: str, cookies: dict[str, str], **options: Any) -> Any:
+    if kind == "wsgi":
+        client = Client()
+        for name, value in cookies.items():
+            client.cookies[name] = value
+        return wsgi_get(path, client=client, **options)
+    from tests.contrib.django.mtls_support import asgi_get
+
+    return asgi_get(path, cookies=cookies, **options)
+
+
+@pytest.fixture
+def enforced(project: Any) -> Any:
+    """alice now holds enforce_mtls in the store (she still has a Django password)."""
+    project.add_user("alice", org="acme", permissions=["enforce_mtls"])
+    return project
+
+
+VIEWS = [pytest.param("/whoami", id="sync-view-request.user"), pytest.param("/whoami-async", id="async-view-auser")]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("view", VIEWS)
+def test_enforced_users_password_session_is_anonymous_without_certificate(
+    kind: str, view: str, enforced: Any
+) -> None:
+    """t5: optional mode, a password session of alice, no certificate: not alice."""
+    cookies = session_of("alice", "alice-password")
+    with override_settings(MTLS_MODE="optional"):
+        answer = get_with_session(kind, view, cookies)
+    assert answer.status == 200, answer
+    assert (answer.json()["user_id"], answer.json()["user"]) == (None, None)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    ("permissions", "user"),
+    [
+        pytest.param([], "alice", id="without-enforce_mtls-session-kept"),
+        pytest.param(["api_only"], "alice", id="other-permission-session-kept"),
+        pytest.param(["enforce_mtls"], None, id="enforce_mtls-anonymous"),
+    ],
+)
+def test_only_enforce_mtls_takes_the_session_user_away(
+    kind: str, permissions: list[str], user: str | None, project: Any
+) -> None:
+    project.add_user("alice", org="acme", permissions=permissions)
+    cookies = session_of("alice", "alice-password")
+    with override_settings(MTLS_MODE="optional"):
+        answer = get_with_session(kind, "/whoami", cookies)
+    assert answer.status == 200, answer
+    assert answer.json()["user"] == user
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("view", VIEWS)
+def test_enforced_users_password_session_is_anonymous_on_exempt_paths(
+    kind: str, view: str, enforced: Any
+) -> None:
+    cookies = session_of("alice", "alice-password")
+    with override_settings(MTLS_EXEMPT_PATHS=[view]):
+        answer = get_with_session(kind, view, cookies)
+    assert answer.status == 200, answer
+    assert answer.json()["user"] is None
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    ("client", "user"),
+    [
+        pytest.param("alice", "alice", id="her-own-certificate-session-kept"),
+        pytest.param("erin", None, id="another-users-certificate-anonymous"),
+    ],
+)
+def test_enforced_users_session_with_set_user_off_needs_her_own_certificate(
+    kind: str, client: str, user: str | None, enforced: Any, alice: Issued, certificates: dict[str, Issued]
+) -> None:
+    """MTLS_SET_USER = False leaves request.user to the session: it stays alice's only on a
+    request carrying alice's certificate."""
+    cookies = session_of("alice", "alice-password")
+    chain = {"alice": alice, **certificates}[client]
+    with override_settings(MTLS_SET_USER=False):
+        answer = get_with_session(kind, "/whoami", cookies, chain=chain)
+    assert answer.status == 200, answer
+    assert (answer.json()["user_id"], answer.json()["user"]) == (client, user)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_enforced_user_with_her_certificate_is_herself(kind: str, enforced: Any, alice: Issued) -> None:
+    cookies = session_of("alice", "alice-password")
+    with override_settings(MTLS_MODE="optional"):
+        answer = get_with_session(kind, "/whoami", cookies, chain=alice)
+    assert answer.status == 200, answer
+    assert (answer.json()["user_id"], answer.json()["user"]) == ("alice", "alice")
+
+
+class CountingStore:
+    """A MemoryStore counting its user lookups."""
+
+    def __init__(self) -> None:
+        from mtls_middleware import MemoryStore
+
+        self.inner = MemoryStore()
+        self.lookups: list[str] = []
+
+    def resolve_user(self, user_id: str) -> Any:
+        self.lookups.append(user_id)
+        return self.inner.resolve_user(user_id)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_check_looks_the_store_up_only_for_an_authenticated_session(kind: str, project: Any) -> None:
+    store = CountingStore()
+    cookies = session_of("pat", "pat-password")
+    with override_settings(MTLS_MODE="optional", MTLS_STORE=store):
+        assert get_with_session(kind, "/whoami", {}).json()["user"] is None
+        assert store.lookups == []
+        assert get_with_session(kind, "/whoami", cookies).json()["user"] == "pat"
+    assert store.lookups == ["pat"]
+
+
+class UnavailableStore:
+    """A store whose user lookup fails as an unreachable database does (the fault a real
+    DjangoStore gives only with its database down)."""
+
+    def __init__(self) -> None:
+        from mtls_middleware import MemoryStore
+
+        self.inner = MemoryStore()
+
+    def resolve_user(self, user_id: str) -> Any:
+        from mtls_middleware.errors import MTLSError
+
+        raise MTLSError(Reason.STORE_UNAVAILABLE, "database is down")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_store_fault_during_the_check_makes_the_session_anonymous(
+    kind: str, project: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    cookies = session_of("pat", "pat-password")
+    with override_settings(MTLS_MODE="optional", MTLS_STORE=UnavailableStore()):
+        answer = get_with_session(kind, "/whoami", cookies)
+    assert answer.status == 200, answer
+    assert answer.json()["user"] is None
+    assert "store_unavailable" in caplog.text
+
+
 # -- faults and configuration ---------------------------------------------------------------------
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_fault_after_authentication_fails_closed_without_a_trace(
