@@ -47,9 +47,12 @@ The generation, across nodes
     but stops answering is noticed too), and its socket has TCP keepalives and a
     ``tcp_user_timeout`` (a connection that dies silently). The listener also keeps a heartbeat:
     should its thread die or hang, ``generation`` changes on every read from ``2 *
-    fallback_interval`` after its last report (logged once). So a change committed in the
-    database is seen by every live process within ``2 * fallback_interval`` (10 s by default)
-    whatever happens to the notifications, and within well under a second when they flow.
+    fallback_interval`` after its last report (logged once). A thread that died (at once when
+    an exception ended it, else once stale) is replaced: the next read of ``generation`` while
+    it is stale (one look a second), or the next batch of login records, starts a new one. So a
+    change committed in the database is seen by every live process within ``2 *
+    fallback_interval`` (10 s by default) whatever happens to the notifications, and within
+    well under a second when they flow.
 
 When PostgreSQL is unreachable
     Lookups and management calls raise ``MTLSError(store_unavailable)`` (HTTP 503) after at most
@@ -244,6 +247,11 @@ _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,39}\Z")
 _ABANDONED: list[object] = []
 
 
+# How often a stale read of the generation may look whether the listener thread is still alive:
+# the look is cheap, but the stale branch runs on every request.
+_REVIVE_CHECK = 1.0
+
+
 # A pooled connection is pinged before it is handed out only when it has been idle this long: a
 # lookup then costs one round trip, not two. One broken meanwhile (a server restart) fails its
 # read, which is retried once on another connection; a write fails with store_unavailable.
@@ -372,8 +380,11 @@ class _Listener:
         channel: str,
         interval: float,
         reconnect_delay: float,
+        resumed: bool = False,
     ) -> None:
         self._store = weakref.ref(store)
+        # Replacing a thread that died: its first connection is a reconnection (invalidate, drain).
+        self._resumed = resumed
         self._conninfo = conninfo
         self._kwargs = kwargs
         self._channel = channel
@@ -424,7 +435,19 @@ class _Listener:
         return True
 
     def _run(self) -> None:
-        lost = False
+        try:
+            self._loop()
+        except BaseException as exc:  # the thread ends either way: say so, and fail closed
+            # Only what the loop cannot survive gets here (SystemExit, a fault in its own error
+            # handling). Stale at once rather than when the heartbeat runs out; the store starts a
+            # new thread at its next stale read or history batch.
+            if not self._stop:
+                self.connected.clear()
+                with contextlib.suppress(Exception):
+                    self._call("_died", exc)
+
+    def _loop(self) -> None:
+        lost = self._resumed
         fault_logged = False
         while not self._stop:
             try:
@@ -663,6 +686,10 @@ class PostgresStore(WrittenHistory, SQLStoreFront):
         self._stale_logged = False
         self._seen = 0
         self._gen_lock = threading.Lock()
+        # Replacing a dead listener thread: one at a time, and never on (or after) close().
+        self._revive_lock = threading.Lock()
+        self._revive_check_at = 0.0
+        self._revive_logged = False  # until a listener reports again: one line per outage
         try:
             self.schema_version_found, self._seen = self._migrate()
         except psycopg.Error as exc:
@@ -705,7 +732,10 @@ class PostgresStore(WrittenHistory, SQLStoreFront):
             **self._pool_options,
         )
         self._pool.open(wait=False)
-        self._listener = _Listener(
+        self._listener = self._new_listener()
+
+    def _new_listener(self, *, resumed: bool = False) -> _Listener:
+        return _Listener(
             self,
             conninfo=self._conninfo,
             # Its own name: an operator (or a test) can tell it from the pool's connections.
@@ -713,6 +743,7 @@ class PostgresStore(WrittenHistory, SQLStoreFront):
             channel=self.channel,
             interval=self._fallback_interval,
             reconnect_delay=self._reconnect_delay,
+            resumed=resumed,
         )
 
     def __repr__(self) -> str:
@@ -735,7 +766,8 @@ class PostgresStore(WrittenHistory, SQLStoreFront):
 
         While the listener is known alive (it reported within ``2 * fallback_interval``), one
         comparison and an attribute read. Otherwise (disconnected, hung, its thread dead) every
-        read is a new number: no cached verdict is served while changes could go unheard.
+        read is a new number: no cached verdict is served while changes could go unheard. Such a
+        read also starts a new listener thread if the last one died (one look a second).
         """
         if _monotonic() < self._fresh_until:
             return self._generation
@@ -749,14 +781,54 @@ class PostgresStore(WrittenHistory, SQLStoreFront):
                 "(thread alive: %s); cached verdicts are not served until it does",
                 self.channel, 2 * self._fallback_interval, self._listener.thread.is_alive(),
             )
+        now = _monotonic()
+        if now >= self._revive_check_at:
+            self._revive_check_at = now + _REVIVE_CHECK
+            self._revive_listener()
         with self._gen_lock:
             self._generation += 1
             return self._generation
+
+    def _revive_listener(self) -> None:
+        """Start a new listener thread if the last one died (an exception it could not survive):
+        else nothing would ever restore invalidation, the cache or the history backlog's writes.
+        One new thread however many callers."""
+        if self._listener.thread.is_alive() or self._closed:
+            return
+        with self._revive_lock:
+            dead = self._listener
+            # close() sets _closed before it takes this lock to stop the listener: checked here,
+            # under the lock, no thread is started that close() would not stop.
+            if dead.thread.is_alive() or self._closed:
+                return
+            # Decided before the start: a new thread that dies at once must find the flag set.
+            quiet, self._revive_logged = self._revive_logged, True
+            self._listener = self._new_listener(resumed=True)
+            self._fresh_until = 0.0  # stale until the new one has connected and re-read the counter
+            self._listener.start()
+            dead.release(0.0)  # its thread is gone: closes its wake-up pipe
+            if not quiet:
+                log.warning(
+                    "mtls_middleware: the PostgreSQL listener thread on %s was not running; started "
+                    "a new one", self.channel,
+                )
+
+    def _died(self, exc: BaseException) -> None:
+        """The listener thread is ending on ``exc``: stale at once, and say why (once per outage)."""
+        self._fresh_until = 0.0
+        self._invalidate()
+        if not self._revive_logged:
+            log.error(
+                "mtls_middleware: the PostgreSQL listener thread on %s died; cached verdicts are "
+                "not served until a new one has connected", self.channel,
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
 
     def _heartbeat(self) -> None:
         """The listener is alive and connected: cached verdicts may be served for a while."""
         self._fresh_until = _monotonic() + 2 * self._fallback_interval
         self._stale_logged = False
+        self._revive_logged = False
 
     def _lost(self) -> None:
         """The listener lost its connection (or failed): stale until it is back."""
@@ -1095,6 +1167,10 @@ class PostgresStore(WrittenHistory, SQLStoreFront):
                     "login records dropped (%d so far)", excess, self.history_dropped,
                 )
             self._drain_locked()
+        # Only a listener's reconnection writes the backlog: a dead one would let it fill. Every
+        # batch looks (a batch is no request: no throttle), after the batch is in the backlog, so
+        # that the new listener's first drain finds it.
+        self._revive_listener()
 
     def _drain_locked(self, *, force: bool = False) -> bool:
         """Write the backlog, oldest first; True when it is empty. Hold ``_backlog_lock``.
@@ -1223,9 +1299,11 @@ class PostgresStore(WrittenHistory, SQLStoreFront):
                 self._backlog.clear()
         self._closed = True
         self._writer.seal()  # requests still in flight must not retry against a closed pool
-        self._listener.stop()
+        with self._revive_lock:  # a revival under way has started its thread: stop that one
+            listener = self._listener
+        listener.stop()
         self._pool.close(timeout=1.0)
-        self._listener.release(1.0)
+        listener.release(1.0)
 
     def _after_fork(self) -> None:
         # The parent's pool, listener thread and their connections belong to the parent.
@@ -1233,6 +1311,8 @@ class PostgresStore(WrittenHistory, SQLStoreFront):
         self._listener.abandon()
         _ABANDONED.append(self._listener)
         self._gen_lock = threading.Lock()
+        self._revive_lock = threading.Lock()
+        self._revive_check_at = 0.0
         self._backlog_lock = threading.Lock()
         self._backlog = deque()  # the parent's to write
         self._draining = False

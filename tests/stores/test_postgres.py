@@ -611,8 +611,8 @@ def test_a_failing_listener_backs_off_and_logs_once_per_outage(
         assert failed[0].exc_info is not None
 
 
-def test_a_listener_thread_that_died_stops_cached_verdicts_within_the_bound(
-    schema: str, pki: TestPKI, alice: Issued
+def test_a_listener_thread_that_hangs_stops_cached_verdicts_within_the_bound(
+    schema: str, pki: TestPKI, alice: Issued, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with PostgresStore(DSN, schema=schema, fallback_interval=0.2) as store:
         store.add_user("alice", org="acme")
@@ -620,17 +620,94 @@ def test_a_listener_thread_that_died_stops_cached_verdicts_within_the_bound(
         client = wsgi_client(store, pki)
         environ = tls_environ(alice, pki)
         assert client.get("/", environ_overrides=environ).status_code == 200
-        # The thread ends without a word, its connection flag still set: nothing else notices.
-        store._listener.stop()
-        store._listener.thread.join(5)
-        assert not store._listener.thread.is_alive()
-        assert store.listener_connected
+        listener = store._listener
+        release = threading.Event()
+
+        def hung(pgconn: Any) -> None:
+            release.wait(30)  # a fault of its own: the thread lives on, its connection flag set
+
+        monkeypatch.setattr(listener, "_dispatch", hung)
+        try:
+            with PostgresStore(DSN, schema=schema) as other:
+                other.delete_certificate(alice.fingerprint)  # its notification goes unheard here
+            # Within 2 * fallback_interval, the generation is new at every read: no cached verdict.
+            assert _wait_for(lambda: store.generation != store.generation, 5.0)
+            refused = client.get("/", environ_overrides=environ)
+            assert (refused.status_code, (refused.json or {}).get("error")) == (403, "unknown_certificate")
+            # Alive, so not replaced (a dead thread is: the next test): the heartbeat is what told.
+            assert store._listener is listener
+            assert listener.thread.is_alive()
+            assert store.listener_connected
+        finally:
+            release.set()
+
+
+class _ListenerKilled(BaseException):
+    """No real part raises it: an exception the listener's loop does not survive."""
+
+
+@pytest.mark.parametrize("noticed_by", ["a-stale-read", "a-history-batch"])
+def test_a_listener_thread_killed_by_an_exception_is_replaced(
+    schema: str,
+    pki: TestPKI,
+    alice: Issued,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    noticed_by: str,
+) -> None:
+    # The fallback re-read is 60 s away: within the waits below only a listener can refuse
+    # alice's cached verdict (a notification) or write the history backlog (its reconnection).
+    with PostgresStore(DSN, schema=schema, fallback_interval=60.0, reconnect_delay=0.05) as store:
+        store.add_user("alice", org="acme")
+        store.upload_certificate(alice.chain_pem, user_id="alice")
+        client = wsgi_client(store, pki)
+        environ = tls_environ(alice, pki)
+        assert client.get("/", environ_overrides=environ).status_code == 200
+        assert store.flush(10)
+        caplog.set_level("WARNING", logger="mtls_middleware")
+        dead = store._listener
+
+        def killed(reconnected: bool) -> None:
+            raise _ListenerKilled("a fault of the listener thread itself")
+
+        # Its session ends (the backend is terminated) and the next one raises: the thread dies.
+        monkeypatch.setattr(dead, "_session", killed)
+        killed_backends = _sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            f"mtls listener {schema}",
+        )
+        assert killed_backends == [(True,)]
+        dead.thread.join(5)
+        assert not dead.thread.is_alive()
+        assert store._listener is dead  # nothing has looked yet
+
+        if noticed_by == "a-stale-read":
+            assert _wait_for(lambda: store.generation >= 0 and store._listener is not dead)
+        else:
+            # Recorded while no listener runs; nobody reads the generation or flushes.
+            for index in range(50):
+                store.record(history_record(index, user="meanwhile"))
+            assert _wait_for(lambda: store._listener is not dead)
+        assert _wait_for(lambda: store.listener_connected and store._listener.thread.is_alive())
+        assert store._listener.reconnections == 1
+        if noticed_by == "a-history-batch":
+            # The new listener's reconnection wrote the backlog (login_history would flush it).
+            assert _wait_for(lambda: store.history_backlog == 0 and store.history_writer.pending == 0)
+            assert len(store.login_history(user_id="meanwhile", limit=None)) == 50
+
+        # Notifications flow again: a delete in another store is refused here, from the cache.
+        assert client.get("/", environ_overrides=environ).status_code == 200
         with PostgresStore(DSN, schema=schema) as other:
-            other.delete_certificate(alice.fingerprint)  # its notification goes unheard here
-        # Within 2 * fallback_interval, the generation is new at every read: no cached verdict.
-        assert _wait_for(lambda: store.generation != store.generation, 5.0)
+            other.delete_certificate(alice.fingerprint)
+        assert _wait_for(lambda: client.get("/", environ_overrides=environ).status_code == 403, 5.0)
         refused = client.get("/", environ_overrides=environ)
         assert (refused.status_code, (refused.json or {}).get("error")) == (403, "unknown_certificate")
+
+        died = [r for r in caplog.records if "died" in r.getMessage()]
+        started = [r for r in caplog.records if "started a new one" in r.getMessage()]
+        assert len(died) == len(started) == 1
+        assert died[0].exc_info is not None
+        assert died[0].exc_info[0] is _ListenerKilled
 
 
 # -- load and hostile notifications ---------------------------------------------------------------
