@@ -343,6 +343,15 @@ class Authenticator:
         presented = self.extract_wsgi(environ)
         return self.authenticate(presented, peer=environ.get("REMOTE_ADDR"))
 
+    def authenticate_asgi(self, scope: Mapping[str, Any]) -> Identity | None:
+        """Every stage (the verdict cache first) for an ASGI connection; the peer is
+        ``scope["client"]``. May block: call it off the event loop.
+
+        Raises:
+            MTLSError: the refusal, with its reason (already recorded).
+        """
+        return self.authenticate(self.extract_asgi(scope), peer=asgi_peer(scope))
+
     def authenticate_cached(self, presented: Presented | None, *, peer: str | None) -> Any:
         """Answer from what needs no I/O: no certificate, proxy refusal, or the verdict cache.
 

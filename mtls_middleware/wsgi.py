@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
-from .authenticator import MISS, Authenticator
+from .authenticator import Authenticator
 from .config import MTLSConfig
 from .errors import MTLSError, Reason
 from .identity import ENVIRON_KEY
@@ -63,11 +63,7 @@ class MTLSMiddleware:
         try:
             identity = auth.hit_wsgi(environ)
             if identity is None:
-                presented = auth.extract_wsgi(environ)
-                peer = environ.get("REMOTE_ADDR")
-                identity = auth.authenticate_cached(presented, peer=peer)
-                if identity is MISS:
-                    identity = auth.authenticate(presented, peer=peer)
+                identity = auth.authenticate_wsgi(environ)
         except MTLSError as exc:
             return self._refuse(exc, start_response)
         except Exception:  # fail closed: a fault here must not reach the client as a trace

@@ -124,6 +124,20 @@ def test_accepted_identity(pki: TestPKI, store: MemoryStore, alice: Issued) -> N
     assert identity.chain == (alice.cert, pki.issuing.cert, pki.root.cert)
 
 
+def test_accepted_identity_from_an_asgi_scope(pki: TestPKI, store: MemoryStore, alice: Issued) -> None:
+    history = MemoryHistory()
+    auth = make_auth(pki, store, history=history)
+    scope = {
+        "type": "http",
+        "client": ("192.0.2.11", 50000),
+        "extensions": {"tls": {"client_cert_chain": [alice.cert_pem.decode(), pki.issuing.cert_pem.decode()]}},
+    }
+    identity = auth.authenticate_asgi(scope)
+    assert isinstance(identity, Identity)
+    assert (identity.user_id, identity.fingerprint) == ("alice", alice.fingerprint)
+    assert [(r.outcome, r.peer) for r in history] == [("accepted", "192.0.2.11")]
+
+
 def test_no_certificate_in_optional_mode_is_none(pki: TestPKI, store: MemoryStore) -> None:
     history = MemoryHistory()
     auth = make_auth(pki, store, mode="optional", history=history)

@@ -62,7 +62,7 @@ from typing import Any
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.http import HttpRequest, HttpResponse
 
-from ...authenticator import Authenticator, asgi_peer
+from ...authenticator import Authenticator
 from ...errors import MTLSError, NoCertificateError, Reason
 from ...identity import ENVIRON_KEY, Identity, require_certificate_login
 from ...stores.base import Store
@@ -159,18 +159,9 @@ class MTLSMiddleware:
     def _authenticate(auth: Authenticator, request: HttpRequest) -> Identity | None:
         scope = getattr(request, "scope", None)
         if scope is None:  # WSGI: request.META is the server's environ
-            meta = request.META
-            identity = auth.hit_wsgi(meta)
-            if identity is None:
-                presented = auth.extract_wsgi(meta)
-                identity = auth.authenticate(presented, peer=meta.get("REMOTE_ADDR"))
-            return identity
+            return auth.hit_wsgi(request.META) or auth.authenticate_wsgi(request.META)
         # ASGI: the scope has what META lost (the TLS extension, duplicated headers).
-        identity = auth.hit_asgi(scope)
-        if identity is None:
-            presented = auth.extract_asgi(scope)
-            identity = auth.authenticate(presented, peer=asgi_peer(scope))
-        return identity
+        return auth.hit_asgi(scope) or auth.authenticate_asgi(scope)
 
     @staticmethod
     def _strip_untrusted(auth: Authenticator, request: HttpRequest) -> None:
