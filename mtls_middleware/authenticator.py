@@ -29,7 +29,7 @@ from .errors import (
     Reason,
 )
 from .history import ACCEPTED, HistoryWriter, LoginRecord, MemoryHistory
-from .identity import Identity
+from .identity import Identity, authorize
 from .metrics import MeteredSink
 from .revocation.checker import RevocationChecker
 from .sources.base import Presented
@@ -433,15 +433,7 @@ class Authenticator:
                     Reason.UNKNOWN_CERTIFICATE, f"certificate {fp} is registered to no user"
                 )
             facts = (*facts, principal.user_id, principal.org)
-            if not principal.org_cert_auth:
-                raise AuthorizationError(
-                    Reason.CERTIFICATE_AUTH_DISABLED,
-                    f"certificate login is disabled for organisation {principal.org!r}",
-                )
-            if not principal.active:
-                raise AuthorizationError(
-                    Reason.USER_INACTIVE, f"user {principal.user_id!r} is deactivated"
-                )
+            authorize(principal)
             identity = Identity(
                 user_id=principal.user_id,
                 org=principal.org,

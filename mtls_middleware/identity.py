@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from .errors import NoCertificateError, Reason
+from .errors import AuthorizationError, NoCertificateError, Reason
 from .stores.base import ENFORCE_MTLS, Principal, Store
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ __all__ = [
     "SanEmailMapper",
     "SubjectMapper",
     "UpnMapper",
+    "authorize",
     "require_certificate_login",
 ]
 
@@ -153,6 +154,22 @@ def _der_utf8(value: bytes) -> str | None:
         return body.decode("utf-8")
     except UnicodeDecodeError:
         return None
+
+
+def authorize(principal: Principal) -> None:
+    """The authorize stage: may this store user log in by certificate now?
+
+    Raises:
+        AuthorizationError: ``certificate_auth_disabled`` (the organisation is switched off; checked
+            first, as it says more) or ``user_inactive``.
+    """
+    if not principal.org_cert_auth:
+        raise AuthorizationError(
+            Reason.CERTIFICATE_AUTH_DISABLED,
+            f"certificate login is disabled for organisation {principal.org!r}",
+        )
+    if not principal.active:
+        raise AuthorizationError(Reason.USER_INACTIVE, f"user {principal.user_id!r} is deactivated")
 
 
 def require_certificate_login(store: Store, user_id: str, identity: Identity | None) -> None:

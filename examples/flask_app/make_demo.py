@@ -11,14 +11,22 @@ store) and client certificates with their keys:
 - ``eve``: registered to user eve, but revoked in the issuing CA's CRL: ``certificate_revoked``;
 - ``mallory``: from another CA: ``untrusted_issuer``.
 
+For the browser login of ``login_app.py`` it also writes ``secret_key`` (the key that signs Flask
+sessions, shared by every worker) and ``alice.p12``, alice's certificate and key to import into a
+browser (password ``demo``).
+
 The keys are generated here by mtls_middleware.testing, for trying things out only.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import secrets
 import sys
 from pathlib import Path
+
+from cryptography.hazmat.primitives.serialization import BestAvailableEncryption, pkcs12
 
 from mtls_middleware.stores import open_store
 from mtls_middleware.testing import TestPKI, crl_bytes, make_crl
@@ -41,6 +49,12 @@ def make_demo(directory: Path = DEMO) -> Path:
     }
     for stem, issued in clients.items():
         issued.write(directory, stem)
+    alice = clients["alice"]
+    p12 = pkcs12.serialize_key_and_certificates(
+        b"alice", alice.key, alice.cert, list(alice.intermediates), BestAvailableEncryption(b"demo")
+    )
+    _write_private(directory / "alice.p12", p12)
+    _write_private(directory / "secret_key", secrets.token_hex(32).encode())
 
     next_update = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=30)
     revoked = make_crl(pki.issuing, [clients["eve"].cert.serial_number], next_update=next_update)
@@ -58,6 +72,13 @@ def make_demo(directory: Path = DEMO) -> Path:
     finally:
         store.close()
     return directory
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
 
 
 def main() -> int:

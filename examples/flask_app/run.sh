@@ -3,6 +3,7 @@
 # Ctrl-C (or SIGTERM) stops both. Run make_demo.py first.
 #   BIND=127.0.0.1:8000  where gunicorn listens (nginx.conf's proxy_pass must match)
 #   NGINX_CONF=nginx.conf  the nginx configuration to use
+#   APP='app:create_app()'  the app gunicorn serves (login_app:create_app() with nginx-login.conf)
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 run="$here/.run"
@@ -14,7 +15,7 @@ conf=$(cd "$here" && realpath "${NGINX_CONF:-nginx.conf}")
 nginx_pid=$!
 cd "$here"
 python3=${PYTHON:-python3}
-"$python3" -m gunicorn --bind "${BIND:-127.0.0.1:8000}" --workers 2 --access-logfile - 'app:create_app()' &
+"$python3" -m gunicorn --bind "${BIND:-127.0.0.1:8000}" --workers 2 --access-logfile - "${APP:-app:create_app()}" &
 app_pid=$!
 
 stop() { kill "$app_pid" "$nginx_pid" 2>/dev/null || true; wait; }

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..config import MTLSConfig
 from ..errors import ConfigurationError
+from ..login import LOGIN_SETTING_NAMES
 
 __all__ = ["SETTING_NAMES", "config_from_settings", "setting_names"]
 
@@ -49,7 +50,9 @@ def config_from_settings(values: Mapping[str, Any], *, prefix: str = "MTLS_", **
     """The :class:`MTLSConfig` described by the ``prefix``-ed keys of ``values``.
 
     ``values`` is any mapping of setting names to values (Flask's ``app.config``, a dict built from
-    Django settings). Keys without ``prefix`` are ignored; ``MTLS_TRUST_ROOTS`` becomes
+    Django settings). Keys without ``prefix`` are ignored, and so are the certificate login's
+    ``MTLS_LOGIN_*`` settings (:data:`mtls_middleware.login.LOGIN_SETTING_NAMES`, read by
+    :func:`mtls_middleware.login.login_settings_from`); ``MTLS_TRUST_ROOTS`` becomes
     ``trust_roots=...`` and so on for every init field of :class:`MTLSConfig` (see
     :data:`SETTING_NAMES`). ``overrides`` are :class:`MTLSConfig` keywords that win over the settings
     (``config_from_settings(app.config, store=my_store)``).
@@ -63,10 +66,13 @@ def config_from_settings(values: Mapping[str, Any], *, prefix: str = "MTLS_", **
         raise ConfigurationError(detail=f"prefix={prefix!r} must be a non-empty string such as 'MTLS_'")
     fields = _fields()
     by_setting = {prefix + f.name.upper(): f.name for f in fields}
-    names = tuple(by_setting)
+    # Suggestions include the login settings: "MTLS_LOGIN_SITEURL" should point to them.
+    names = (*by_setting, *LOGIN_SETTING_NAMES) if prefix == "MTLS_" else tuple(by_setting)
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         if not isinstance(key, str) or not key.startswith(prefix):
+            continue
+        if prefix == "MTLS_" and key in LOGIN_SETTING_NAMES:
             continue
         field_name = by_setting.get(key)
         if field_name is None:

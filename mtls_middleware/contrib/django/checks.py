@@ -20,6 +20,10 @@ id                            fires when
                               anonymous
 ``mtls_middleware.E005``      ``MTLS_PROXY`` names a header profile but ``MTLS_TRUSTED_PROXIES`` is
                               empty (anyone could forge the certificate header)
+``mtls_middleware.E006``      the certificate login view (URL name ``mtls:certificate_login``) is in
+                              the URLconf but its path is not in ``MTLS_EXEMPT_PATHS``: the
+                              middleware would answer a refused certificate with JSON before the
+                              view could send the person back to the login page
 ``mtls_middleware.W001``      ``MTLS_REVOCATION = "off"`` while ``DEBUG`` is False: revoked
                               certificates are accepted
 ``mtls_middleware.W002``      this app is installed but ``MTLSMiddleware`` is not in ``MIDDLEWARE``:
@@ -28,7 +32,8 @@ id                            fires when
                               (``0.0.0.0/0``, ``::/0``): every peer may send certificate headers
 ============================  =======================================================================
 
-E001 is reported only when E002 and E005 are not (they explain the same failure better).
+E001 is reported only when E002 and E005 are not (they explain the same failure better); E006
+only when the settings make a configuration (no E001) and the middleware is in ``MIDDLEWARE``.
 """
 
 from __future__ import annotations
@@ -42,14 +47,17 @@ from django.apps import apps
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, register
 from django.core.checks import Warning as CheckWarning
+from django.urls import NoReverseMatch, reverse
 from django.utils.module_loading import import_string
 
+from ...config import MTLSConfig
 from ...errors import ConfigurationError
 from . import conf
 
 __all__ = [
     "AUTHENTICATION_MIDDLEWARE",
     "BACKEND",
+    "LOGIN_URL_NAME",
     "MIDDLEWARE",
     "check_backend",
     "check_middleware",
@@ -60,6 +68,8 @@ __all__ = [
 MIDDLEWARE = "mtls_middleware.contrib.django.middleware.MTLSMiddleware"
 AUTHENTICATION_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
 BACKEND = "mtls_middleware.contrib.django.backends.CertificateBackend"
+#: The URL name of the certificate login view (:mod:`.urls`).
+LOGIN_URL_NAME = "mtls:certificate_login"
 
 _ID = "mtls_middleware."
 
@@ -94,7 +104,7 @@ def _set_user(values: dict[str, Any]) -> bool:
 
 @register(Tags.security)
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """E001, E002, E005, W001, W003: the ``MTLS_*`` settings themselves."""
+    """E001, E002, E005, E006, W001, W003: the ``MTLS_*`` settings themselves."""
     values = conf.mtls_settings()
     messages: list[CheckMessage] = []
     known = conf.known_setting_names()
@@ -125,7 +135,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     # management host): then no configuration is built, and none is required.
     if not messages and _position(_middleware(), MIDDLEWARE) is not None:
         try:
-            conf.validate()
+            config = conf.validate()
         except ConfigurationError as exc:
             messages.append(
                 Error(
@@ -134,6 +144,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                     id=_ID + "E001",
                 )
             )
+        else:
+            messages.extend(_check_login_path(config))
     if values.get("MTLS_REVOCATION") == "off" and not settings.DEBUG:
         messages.append(
             CheckWarning(
@@ -158,6 +170,28 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                     )
                 )
     return messages
+
+
+def _check_login_path(config: MTLSConfig) -> list[CheckMessage]:
+    """E006: the certificate login view's path, when it is in the URLconf, is exempt."""
+    try:
+        path = reverse(LOGIN_URL_NAME)
+    except NoReverseMatch:  # not served by this project (or not under this name)
+        return []
+    except Exception:  # a URLconf that cannot load: Django's own URL checks report it
+        return []
+    if config.is_exempt(path):
+        return []
+    exempt = list(config.exempt_paths)
+    return [
+        Error(
+            f"The certificate login view ({LOGIN_URL_NAME}) is at {path!r}, which is not in "
+            "MTLS_EXEMPT_PATHS: MTLSMiddleware would answer a refused or missing certificate there "
+            "with JSON instead of letting the view send the person back to the login page.",
+            hint=f"Set MTLS_EXEMPT_PATHS = {[*exempt, path]!r}.",
+            id=_ID + "E006",
+        )
+    ]
 
 
 @register(Tags.security)

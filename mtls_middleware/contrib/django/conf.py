@@ -1,7 +1,7 @@
 """The mTLS configuration of a Django project, built once from its ``MTLS_*`` settings.
 
 Every ``MTLS_<FIELD>`` setting is the :class:`~mtls_middleware.MTLSConfig` keyword ``<field>``
-(see :mod:`mtls_middleware.contrib.settings`), with one Django default and one Django-only setting:
+(see :mod:`mtls_middleware.contrib.settings`), with one Django default and two Django-only settings:
 
 ``MTLS_STORE``
     a store URL, a :class:`~mtls_middleware.stores.Store`, or ``"django://"`` (the default): the
@@ -12,11 +12,22 @@ Every ``MTLS_<FIELD>`` setting is the :class:`~mtls_middleware.MTLSConfig` keywo
     ``request.user`` of each accepted request from its certificate, through the authentication
     backends (:class:`~mtls_middleware.contrib.django.backends.CertificateBackend`). ``False``:
     it only attaches ``request.mtls_identity``.
+``MTLS_LOGIN_URL``
+    where the ``{% certificate_login_button %}`` form posts: the absolute URL of the certificate
+    login view on the listener that asks for a client certificate
+    (``"https://app.example:8443/login/certificate/"``). ``None`` (the default): the view's own
+    path (``reverse("mtls:certificate_login")``), for a site whose one listener asks for
+    certificates.
+
+The browser certificate login (:mod:`mtls_middleware.login`) reads the ``MTLS_LOGIN_SITE_URL``,
+``MTLS_LOGIN_ALLOWED_ORIGINS``, ``MTLS_LOGIN_PAGE`` and ``MTLS_LOGIN_DEFAULT_NEXT`` settings
+(:data:`~mtls_middleware.login.LOGIN_SETTING_NAMES`): :func:`get_login_settings`.
 
 The configuration and its :class:`~mtls_middleware.Authenticator` are built on first use (the
-middleware asks at start-up, the system checks when they run) and kept for the process; Django's
-``setting_changed`` signal (``override_settings`` in tests) drops them, so that the next request
-builds them from the new settings.
+middleware asks at start-up, the system checks when they run) and kept for the process, as are
+the login settings and the :class:`~mtls_middleware.login.SessionGuard`; Django's
+``setting_changed`` signal (``override_settings`` in tests) drops them all, so that the next
+request builds them from the new settings.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ from django.core.signals import setting_changed
 from ...authenticator import Authenticator
 from ...config import MTLSConfig
 from ...errors import ConfigurationError
+from ...login import LOGIN_SETTING_NAMES, LoginSettings, SessionGuard, login_settings_from
 from ...stores import MemoryStore
 from ..settings import config_from_settings, setting_names
 
@@ -45,7 +57,9 @@ __all__ = [
     "cached_authenticator",
     "get_authenticator",
     "get_config",
+    "get_login_settings",
     "get_options",
+    "get_session_guard",
     "known_setting_names",
     "mtls_settings",
     "reset",
@@ -59,7 +73,7 @@ DJANGO_STORE_URL = "django://"
 #: The dotted path of this Django app, as listed in ``INSTALLED_APPS``.
 APP_LABEL_PATH = "mtls_middleware.contrib.django"
 #: Settings of the Django integration that are no :class:`MTLSConfig` field, with their defaults.
-DJANGO_SETTINGS: Mapping[str, Any] = {"MTLS_SET_USER": True}
+DJANGO_SETTINGS: Mapping[str, Any] = {"MTLS_SET_USER": True, "MTLS_LOGIN_URL": None}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,23 +81,28 @@ class DjangoOptions:
     """What the Django-only settings ask of the middleware.
 
     ``set_user``: set ``request.user`` from the certificate (``MTLS_SET_USER`` and
-    ``django.contrib.auth`` installed).
+    ``django.contrib.auth`` installed). ``login_url``: ``MTLS_LOGIN_URL``, where the certificate
+    login button posts (None: the view's own path).
     """
 
     set_user: bool
+    login_url: str | None = None
 
 
 _lock = threading.Lock()
 _config: MTLSConfig | None = None
 _authenticator: Authenticator | None = None
 _options: DjangoOptions | None = None
+_login: LoginSettings | None = None
+_guard: tuple[Authenticator, SessionGuard] | None = None
 #: Stores this module opened from a URL: closed again when the settings change.
 _opened: list[Any] = []
 
 
 def known_setting_names() -> tuple[str, ...]:
-    """Every ``MTLS_*`` setting this app reads: the MTLSConfig fields and :data:`DJANGO_SETTINGS`."""
-    return (*setting_names(PREFIX), *DJANGO_SETTINGS)
+    """Every ``MTLS_*`` setting this app reads: the MTLSConfig fields, :data:`DJANGO_SETTINGS` and
+    the login settings (:data:`~mtls_middleware.login.LOGIN_SETTING_NAMES`)."""
+    return (*setting_names(PREFIX), *DJANGO_SETTINGS, *LOGIN_SETTING_NAMES)
 
 
 def mtls_settings() -> dict[str, Any]:
@@ -95,7 +114,15 @@ def _options_from(values: Mapping[str, Any]) -> DjangoOptions:
     set_user = values.get("MTLS_SET_USER", DJANGO_SETTINGS["MTLS_SET_USER"])
     if not isinstance(set_user, bool):
         raise ConfigurationError(detail=f"MTLS_SET_USER={set_user!r} must be True or False")
-    return DjangoOptions(set_user=set_user and apps.is_installed("django.contrib.auth"))
+    login_url = values.get("MTLS_LOGIN_URL", DJANGO_SETTINGS["MTLS_LOGIN_URL"])
+    if login_url is not None and (not isinstance(login_url, str) or not login_url.strip()):
+        raise ConfigurationError(
+            detail=f"MTLS_LOGIN_URL={login_url!r}: give the URL of the certificate login view, such as "
+            "'https://app.example:8443/login/certificate/', or None for its own path"
+        )
+    return DjangoOptions(
+        set_user=set_user and apps.is_installed("django.contrib.auth"), login_url=login_url
+    )
 
 
 def _store_setting(values: Mapping[str, Any]) -> Any:
@@ -131,17 +158,20 @@ def _build(values: Mapping[str, Any]) -> MTLSConfig:
     return config
 
 
-def validate() -> None:
+def validate() -> MTLSConfig:
     """Build a configuration from the settings as start-up would, without keeping it and without
     touching the project's database (the ``django://`` store is stood in for by an empty memory
     store, so that this works before ``migrate``); for the system checks. Another store URL is
-    opened, as start-up would, and closed again.
+    opened, as start-up would, and closed again: the configuration returned answers questions
+    about the settings (``is_exempt``), not requests.
 
     Raises:
-        ConfigurationError: as :func:`get_config`.
+        ConfigurationError: as :func:`get_config`, or login settings that
+            :class:`~mtls_middleware.login.LoginSettings` refuses.
     """
     values = mtls_settings()
     _options_from(values)
+    login_settings_from(values)
     store = _store_setting(values)
     config = config_from_settings(
         _config_values(values), prefix=PREFIX, store=MemoryStore() if store is None else store
@@ -150,6 +180,7 @@ def validate() -> None:
         close = getattr(config.resolved_store, "close", None)
         if callable(close):
             close()
+    return config
 
 
 def _ensure() -> tuple[MTLSConfig, Authenticator, DjangoOptions]:
@@ -196,6 +227,41 @@ def get_options() -> DjangoOptions:
     return _ensure()[2]
 
 
+def get_login_settings() -> LoginSettings:
+    """The browser certificate login's :class:`~mtls_middleware.login.LoginSettings`, from the
+    ``MTLS_LOGIN_*`` settings, built on first use.
+
+    Raises:
+        ConfigurationError: a value :class:`~mtls_middleware.login.LoginSettings` refuses.
+    """
+    global _login
+    found = _login
+    if found is not None:
+        return found
+    with _lock:
+        if _login is None:
+            _login = login_settings_from(mtls_settings())
+        return _login
+
+
+def get_session_guard() -> SessionGuard:
+    """The :class:`~mtls_middleware.login.SessionGuard` of :func:`get_authenticator`'s store: one
+    per authenticator, replaced with it.
+
+    Raises:
+        ConfigurationError: as :func:`get_config`.
+    """
+    global _guard
+    authenticator = get_authenticator()
+    found = _guard
+    if found is not None and found[0] is authenticator:
+        return found[1]
+    with _lock:
+        if _guard is None or _guard[0] is not authenticator:
+            _guard = (authenticator, SessionGuard(authenticator))
+        return _guard[1]
+
+
 def cached_authenticator() -> Authenticator | None:
     """The authenticator if it is built already, else None; builds nothing (diagnostics, tests)."""
     return _authenticator if _options is not None else None
@@ -208,10 +274,12 @@ def reset(**_: Any) -> None:
     a request still running on them may fail, which only happens when settings change at run
     time (``override_settings`` in tests).
     """
-    global _config, _authenticator, _options
+    global _config, _authenticator, _options, _login, _guard
     with _lock:
         old, opened = _authenticator, list(_opened)
         _config = _authenticator = _options = None
+        _login = None
+        _guard = None
         _opened.clear()
     if old is not None:
         old.close()

@@ -46,6 +46,16 @@ the ``MTLS_*`` settings, see :mod:`.conf`), which decides everything:
   requests anyway. To refuse the password login itself, use
   :class:`~.backends.PasswordBackend` instead of ``ModelBackend``. Middleware placed *before*
   this one still sees the session's user.
+- Browser certificate login (:mod:`.views`, :mod:`mtls_middleware.login`): a session opened by
+  the certificate login view is checked on every request that carries a session cookie, exempt
+  paths included (:class:`~mtls_middleware.login.SessionGuard`: a dictionary lookup while the
+  store is unchanged). When its certificate was deleted or given to another user, its user
+  deactivated, its organisation switched off, or the certificate has expired, the session ends
+  (``django.contrib.auth.logout``), the request is anonymous, and the reason code waits in the
+  new session for the next page (``{% certificate_login_message %}`` shows it once). When the
+  store cannot answer, the request is refused with 503 ``store_unavailable`` and the session kept.
+  A live certificate session counts as a certificate login for the ``enforce_mtls`` rule above:
+  its user is served without presenting the certificate again on each request.
 
 Under WSGI the request's environ (``request.META``) is read, under ASGI its ``request.scope``
 (the TLS extension, the headers exactly as received). Under ASGI all of the work (validation,
@@ -65,6 +75,7 @@ from django.http import HttpRequest, HttpResponse
 from ...authenticator import Authenticator
 from ...errors import MTLSError, NoCertificateError, Reason
 from ...identity import ENVIRON_KEY, Identity, require_certificate_login
+from ...login import ENDED_KEY, SESSION_KEY, SessionBinding
 from ...stores.base import Store
 from ...wsgi import error_response
 from . import conf
@@ -136,9 +147,12 @@ class MTLSMiddleware:
             log.exception("mtls_middleware: the MTLS_* settings cannot make a configuration")
             return refusal_response(MTLSError(Reason.INTERNAL_ERROR))
         try:
+            # Before anything reads request.user: an ended session must not serve its user.
+            certificate_session = _check_certificate_session(request)
             if auth.config.exempt_paths and auth.config.is_exempt(request.path_info):
                 self._strip_untrusted(auth, request)
-                _guard_user(auth.store, request, None)
+                if not certificate_session:
+                    _guard_user(auth.store, request, None)
                 return None
             identity = self._authenticate(auth, request)
             if identity is not None:
@@ -146,6 +160,8 @@ class MTLSMiddleware:
                 request.META[ENVIRON_KEY] = identity
             if identity is not None and options.set_user:
                 _set_user(request, identity)  # the certificate's own user: nothing to guard
+            elif identity is None and certificate_session:
+                pass  # the session's user logged in by a certificate that still opens it
             else:
                 _guard_user(auth.store, request, identity)
         except MTLSError as exc:
@@ -170,6 +186,60 @@ class MTLSMiddleware:
         scope = getattr(request, "scope", None)
         if scope is not None:
             request.scope = auth.strip_untrusted_asgi(scope)
+
+
+def _check_certificate_session(request: HttpRequest) -> bool:
+    """Whether ``request``'s session is a live browser certificate login
+    (:mod:`mtls_middleware.login`): its :class:`~mtls_middleware.login.SessionBinding` belongs to
+    the session's user and :class:`~mtls_middleware.login.SessionGuard` lets it go on. A session
+    whose certificate no longer opens it is ended here (``auth.logout``; the reason kept under
+    :data:`~mtls_middleware.login.ENDED_KEY` for the next page) and the request is anonymous; a
+    stale or unreadable binding is dropped. Requests without a session cookie cost nothing.
+
+    Raises:
+        MTLSError: the store cannot answer (``store_unavailable``): the session is kept.
+    """
+    if not hasattr(request, "session"):  # no SessionMiddleware before this one
+        return False
+    from django.conf import settings
+
+    if settings.SESSION_COOKIE_NAME not in request.COOKIES:
+        return False
+    session = request.session
+    kept = session.get(SESSION_KEY)
+    if kept is None:
+        return False
+    from django.contrib.auth import SESSION_KEY as USER_SESSION_KEY
+
+    binding = SessionBinding.from_session(kept)
+    if binding is None or binding.session_user != str(session.get(USER_SESSION_KEY)):
+        # Another login in this session (or a binding of an older version): not this user's.
+        del session[SESSION_KEY]
+        return False
+    reason = conf.get_session_guard().check(binding)
+    if reason is None:
+        return True
+    log.info(
+        "mtls_middleware: %s: certificate session of %r (Django user %r) ended",
+        reason.value, binding.user_id, binding.session_user,
+    )
+    _end_session(request, reason)
+    return False
+
+
+def _end_session(request: HttpRequest, reason: Reason) -> None:
+    from django.contrib import auth
+    from django.contrib.auth.models import AnonymousUser
+
+    auth.logout(request)  # flushes the session (binding included), sends user_logged_out
+    request.session[ENDED_KEY] = reason.value
+    user = AnonymousUser()
+
+    async def auser() -> Any:
+        return user
+
+    request.user = user
+    request.auser = auser
 
 
 def _set_user(request: HttpRequest, identity: Identity) -> None:

@@ -156,3 +156,63 @@ def test_checks_keep_no_configuration(good: dict[str, Any]) -> None:
     conf.reset()
     assert our_ids(**good) == []
     assert conf.cached_authenticator() is None
+
+
+# -- the browser certificate login ---------------------------------------------------------------
+LOGIN_URLS = "tests.contrib.django.login_urls"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        pytest.param({"ROOT_URLCONF": LOGIN_URLS}, ["mtls_middleware.E006"], id="E006-login-path-not-exempt"),
+        pytest.param(
+            {"ROOT_URLCONF": LOGIN_URLS, "MTLS_EXEMPT_PATHS": ["/health"]}, ["mtls_middleware.E006"],
+            id="E006-other-paths-exempt",
+        ),
+        pytest.param(
+            {"ROOT_URLCONF": LOGIN_URLS, "MTLS_EXEMPT_PATHS": ["/login/certificate/"]}, [],
+            id="E006-quiet-when-exempt",
+        ),
+        pytest.param(
+            {"ROOT_URLCONF": LOGIN_URLS, "MTLS_EXEMPT_PATHS": ["/login"]}, [], id="E006-quiet-below-an-exempt-path"
+        ),
+        pytest.param({}, [], id="E006-quiet-without-the-view"),
+        pytest.param(
+            {"ROOT_URLCONF": LOGIN_URLS, "MIDDLEWARE": [SESSION, COMMON, AUTHENTICATION]}, ["mtls_middleware.W002"],
+            id="E006-quiet-without-the-middleware",
+        ),
+        pytest.param(
+            {
+                "MTLS_LOGIN_SITE_URL": "https://app.example",
+                "MTLS_LOGIN_ALLOWED_ORIGINS": ["https://docs.app.example"],
+                "MTLS_LOGIN_PAGE": "/accounts/login/",
+                "MTLS_LOGIN_DEFAULT_NEXT": "/home",
+                "MTLS_LOGIN_URL": "https://app.example:8443/login/certificate/",
+            },
+            [], id="login-settings-are-known",
+        ),
+        pytest.param({"MTLS_LOGIN_SITE_URL": "https://app.example/path"}, ["mtls_middleware.E001"], id="E001-site-url-with-a-path"),
+        pytest.param({"MTLS_LOGIN_PAGE": "//evil.example"}, ["mtls_middleware.E001"], id="E001-login-page-elsewhere"),
+        pytest.param({"MTLS_LOGIN_URL": 8443}, ["mtls_middleware.E001"], id="E001-login-url-not-a-string"),
+        pytest.param({"MTLS_LOGIN_SITEURL": "https://app.example"}, ["mtls_middleware.E002"], id="E002-login-typo"),
+    ],
+)
+def test_login_checks(overrides: dict[str, Any], expected: list[str], good: dict[str, Any]) -> None:
+    assert our_ids(**{**good, **overrides}) == expected
+
+
+def test_e006_says_exactly_what_to_add(good: dict[str, Any]) -> None:
+    with override_settings(**{**good, "ROOT_URLCONF": LOGIN_URLS, "MTLS_EXEMPT_PATHS": ["/health"]}):
+        messages = [m for m in checks.run_checks() if m.id == "mtls_middleware.E006"]
+    conf.reset()
+    assert len(messages) == 1
+    assert "'/login/certificate/'" in messages[0].msg
+    assert messages[0].hint == "Set MTLS_EXEMPT_PATHS = ['/health', '/login/certificate/']."
+
+
+def test_e002_hint_names_the_login_setting_meant(good: dict[str, Any]) -> None:
+    with override_settings(**{**good, "MTLS_LOGIN_SITEURL": "https://app.example"}):
+        messages = [m for m in checks.run_checks() if m.id == "mtls_middleware.E002"]
+    conf.reset()
+    assert "MTLS_LOGIN_SITE_URL" in messages[0].hint
