@@ -33,8 +33,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
-from cachetools import LRUCache
-
 from .errors import ConfigurationError, MTLSError, NoCertificateError, Reason
 from .identity import FingerprintMapper, Identity, authorize
 
@@ -55,6 +53,8 @@ __all__ = [
     "authenticate_login",
     "login_message",
     "login_settings_from",
+    "origin_of",
+    "refused_origin_hint",
     "session_ended_message",
 ]
 
@@ -202,6 +202,12 @@ def _origin(url: str) -> str | None:
     return f"{scheme}://{host}:{port}"
 
 
+def origin_of(url: str) -> str | None:
+    """The origin of an absolute http(s) URL as :class:`LoginSettings` compares them
+    (``scheme://host[:port]``, lower-cased, default port dropped); None for anything else."""
+    return _origin(url)
+
+
 def _exact_origin(value: str) -> str | None:
     """The normalised origin when ``value`` is an origin and nothing more (no path, query,
     fragment), else None."""
@@ -336,6 +342,20 @@ class LoginSettings:
         return own_origin is not None and normalized == _exact_origin(own_origin)
 
 
+def refused_origin_hint(origin: object) -> str:
+    """Why a login form's ``Origin`` may have been refused, for the log line: ``Origin: null``
+    from a real browser most often means the login page's ``Referrer-Policy`` (``same-origin``,
+    ``no-referrer``), under which browsers hide the origin of a form posted to another origin."""
+    if origin == "null":
+        return (
+            "a browser sends 'Origin: null' when the login page's Referrer-Policy is same-origin "
+            "or no-referrer: serve the login page with strict-origin-when-cross-origin"
+        )
+    if not origin:
+        return "no Origin header: not a browser's form POST"
+    return "not MTLS_LOGIN_SITE_URL, MTLS_LOGIN_ALLOWED_ORIGINS or the view's own origin"
+
+
 def login_settings_from(values: Mapping[str, Any], **overrides: Any) -> LoginSettings:
     """The :class:`LoginSettings` of the ``MTLS_LOGIN_*`` keys of ``values`` (Flask's
     ``app.config``, Django's settings as a mapping; see :data:`LOGIN_SETTING_NAMES`), with
@@ -385,6 +405,9 @@ def authenticate_login(
     return identity
 
 
+_NUMBERS = (int, float)  # exactly: a bool is no timestamp
+
+
 @dataclass(frozen=True)
 class SessionBinding:
     """The certificate a session was opened with, as kept in the session.
@@ -431,14 +454,18 @@ class SessionBinding:
     def from_session(cls, value: object) -> SessionBinding | None:
         """The binding kept by :meth:`to_session`; None for anything else (absent, truncated,
         wrong types), which callers treat as a session with no certificate binding."""
-        if not isinstance(value, Mapping):
+        # Plain tests, no generators: this runs on every page of every logged-in user.
+        if not isinstance(value, dict):
             return None
-        fp, user, org, exp, at, sid = (value.get(k) for k in ("fp", "user", "org", "exp", "at", "sid"))
-        if not all(isinstance(v, str) and v for v in (fp, user, org, sid)):
+        get = value.get
+        fp, user, org, sid, exp, at = get("fp"), get("user"), get("org"), get("sid"), get("exp"), get("at")
+        if not (
+            type(fp) is str and fp and type(user) is str and user
+            and type(org) is str and org and type(sid) is str and sid
+            and type(exp) in _NUMBERS and type(at) in _NUMBERS
+        ):  # fmt: skip
             return None
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (exp, at)):
-            return None
-        return cls(fp, user, org, float(exp), float(at), sid)  # type: ignore[arg-type]
+        return cls(fp, user, org, float(exp), float(at), sid)  # type: ignore[arg-type]  # tested above
 
 
 class SessionGuard:
@@ -452,9 +479,14 @@ class SessionGuard:
     """
 
     def __init__(self, auth: Authenticator, *, maxsize: int = 10_000) -> None:
+        if maxsize < 1:
+            raise ConfigurationError(detail=f"maxsize={maxsize!r}: give at least 1")
         self.store = auth.store
         self._by_fingerprint = isinstance(auth.config.identity_mapper, FingerprintMapper)
-        self._known: LRUCache[tuple[str, str, str], tuple[int, Reason | None]] = LRUCache(maxsize)
+        # Read without a lock, as the verdict cache is (a dict read is atomic): this runs on
+        # every page of every logged-in user. Writes take the lock and evict the oldest entry.
+        self._known: dict[tuple[str, str, str], tuple[int, Reason | None]] = {}
+        self._maxsize = maxsize
         self._lock = threading.Lock()
 
     def check(self, binding: SessionBinding, *, now: float | None = None) -> Reason | None:
@@ -470,13 +502,15 @@ class SessionGuard:
         if (time.time() if now is None else now) >= binding.not_after:
             return Reason.CERTIFICATE_EXPIRED
         key = (binding.fingerprint, binding.user_id, binding.org)
-        generation = self.store.generation
-        with self._lock:
-            known = self._known.get(key)
+        generation = self.store.generation  # read first: a change during the lookup invalidates
+        known = self._known.get(key)
         if known is not None and known[0] == generation:
             return known[1]
         verdict = self._judge(binding)
         with self._lock:
+            self._known.pop(key, None)
+            while len(self._known) >= self._maxsize:
+                del self._known[next(iter(self._known))]
             self._known[key] = (generation, verdict)
         return verdict
 

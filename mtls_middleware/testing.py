@@ -575,9 +575,10 @@ def client_certificate_scope(chain: ChainLike) -> dict[str, Any]:
 
     ``{"extensions": {"tls": {...}}}`` as the ASGI TLS extension specifies: ``client_cert_chain``
     (PEM strings, leaf first), ``client_cert_name`` (the leaf's RFC 4514 subject), TLS 1.3. The
-    middleware reads it as ``source="tls:asgi"``. For Django's ``AsyncClient(**scope)`` /
-    ``AsyncRequestFactory(**scope)``, whose defaults go into every request's scope; to wrap an ASGI
-    app, use :func:`with_client_certificate`.
+    middleware reads it as ``source="tls:asgi"``. Merge it into a scope you build yourself; to
+    present a certificate to a whole ASGI app (Django's ``get_asgi_application()`` included, driven
+    by ``httpx.ASGITransport``), use :func:`with_client_certificate`. Django's ``AsyncClient`` is
+    no way in: it sends every default as a request header (Django 5.2.19, as tested).
 
     Raises:
         ValueError: ``chain`` holds no certificate, or text that is not PEM.

@@ -824,7 +824,9 @@ def _run_serve(args: argparse.Namespace) -> int:
         return _usage(args, exc.detail)
     except OSError as exc:
         return _usage(args, f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
-    if not logging.getLogger().handlers:
+    # The app may have configured logging itself (Django's LOGGING, on import): a root handler
+    # added then would print each of its lines twice.
+    if not logging.getLogger().handlers and not logging.getLogger("mtls_middleware").handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def stop(signum: int, _frame: object) -> None:

@@ -47,6 +47,7 @@ from ..login import (
     authenticate_login,
     login_message,
     login_settings_from,
+    refused_origin_hint,
     session_ended_message,
 )
 from ..wsgi import MTLSMiddleware, error_response
@@ -274,9 +275,12 @@ class CertificateLogin:
       put one of that name in your app's templates to restyle it.
     - The view accepts only a POST whose ``Origin`` is the site's (``MTLS_LOGIN_SITE_URL``,
       ``MTLS_LOGIN_ALLOWED_ORIGINS``, or its own): a page of another site cannot log a browser
-      in. It authenticates the request with the :class:`MTLS` extension's
-      :class:`~mtls_middleware.Authenticator` (the attempt goes to the login history), asks
-      ``load_user(identity)`` for the app's user, clears the session, calls Flask-Login's
+      in. Serve the login page with a ``Referrer-Policy`` that keeps the origin of cross-origin
+      requests (the browsers' default ``strict-origin-when-cross-origin``): under
+      ``same-origin`` or ``no-referrer`` browsers send ``Origin: null`` and every login is
+      refused (``invalid_request``; the log says why). It authenticates the request with the
+      :class:`MTLS` extension's :class:`~mtls_middleware.Authenticator` (the attempt goes to the
+      login history), asks ``load_user(identity)`` for the app's user, clears the session, calls Flask-Login's
       ``login_user`` (never "remember me": that cookie would outlive the certificate check) and
       keeps the certificate's :class:`~mtls_middleware.login.SessionBinding` in the session.
       It then redirects (303) to the form's ``next`` if that is a URL of the site, else to
@@ -385,8 +389,9 @@ class CertificateLogin:
         next_target = request.form.get("next")
         own_origin = f"{request.scheme}://{request.host}"
         if not settings.origin_allowed(request.headers.get("Origin"), own_origin=own_origin):
-            log.info("mtls_middleware: certificate login posted from origin %r refused",
-                     request.headers.get("Origin"))
+            origin = request.headers.get("Origin")
+            log.info("mtls_middleware: certificate login posted from origin %r refused (%s)",
+                     origin, refused_origin_hint(origin))
             return _see_other(settings.failure_url(Reason.INVALID_REQUEST, next_target))
         try:
             identity = authenticate_login(self._authenticator(app), environ=request.environ)
@@ -414,14 +419,18 @@ class CertificateLogin:
 
     # -- every request ----------------------------------------------------------------------
     def _check(self, app: Flask) -> Response | None:
-        if SESSION_KEY not in session:
+        # Runs on every request: the session object is looked up once, not through the proxy
+        # at each access.
+        data = session._get_current_object()  # type: ignore[attr-defined]
+        kept = data.get(SESSION_KEY)
+        if kept is None:
             return None
-        binding = SessionBinding.from_session(session.get(SESSION_KEY))
-        if binding is None or binding.session_user != session.get(_FLASK_LOGIN_USER_KEY):
-            session.pop(SESSION_KEY, None)  # logged out, or another login since: not ours to judge
+        binding = SessionBinding.from_session(kept)
+        if binding is None or binding.session_user != data.get(_FLASK_LOGIN_USER_KEY):
+            data.pop(SESSION_KEY, None)  # logged out, or another login since: not ours to judge
             return None
         try:
-            reason = self._state(app)[1].check(binding)
+            reason = self._apps[app][1].check(binding)
         except MTLSError as exc:
             return _refuse(exc)
         if reason is not None:
@@ -429,8 +438,8 @@ class CertificateLogin:
 
             log.info("mtls_middleware: certificate session of %r ended: %s", binding.user_id, reason.value)
             logout_user()
-            session.pop(SESSION_KEY, None)
-            session[ENDED_KEY] = reason.value
+            data.pop(SESSION_KEY, None)
+            data[ENDED_KEY] = reason.value
         return None
 
     # -- the template -----------------------------------------------------------------------

@@ -24,6 +24,12 @@ id                            fires when
                               the URLconf but its path is not in ``MTLS_EXEMPT_PATHS``: the
                               middleware would answer a refused certificate with JSON before the
                               view could send the person back to the login page
+``mtls_middleware.E007``      the login button posts to another origin (``MTLS_LOGIN_URL`` is not on
+                              ``MTLS_LOGIN_SITE_URL``) while ``SecurityMiddleware`` sends
+                              ``Referrer-Policy: same-origin`` or ``no-referrer`` (Django's default
+                              is ``same-origin``): under those policies browsers send ``Origin:
+                              null`` with the form, which the login view must refuse, so every
+                              certificate login would fail with ``invalid_request``
 ``mtls_middleware.W001``      ``MTLS_REVOCATION = "off"`` while ``DEBUG`` is False: revoked
                               certificates are accepted
 ``mtls_middleware.W002``      this app is installed but ``MTLSMiddleware`` is not in ``MIDDLEWARE``:
@@ -33,7 +39,8 @@ id                            fires when
 ============================  =======================================================================
 
 E001 is reported only when E002 and E005 are not (they explain the same failure better); E006
-only when the settings make a configuration (no E001) and the middleware is in ``MIDDLEWARE``.
+and E007 only when the settings make a configuration (no E001) and the middleware is in
+``MIDDLEWARE``.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ from django.utils.module_loading import import_string
 
 from ...config import MTLSConfig
 from ...errors import ConfigurationError
+from ...login import origin_of
 from . import conf
 
 __all__ = [
@@ -104,7 +112,7 @@ def _set_user(values: dict[str, Any]) -> bool:
 
 @register(Tags.security)
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """E001, E002, E005, E006, W001, W003: the ``MTLS_*`` settings themselves."""
+    """E001, E002, E005, E006, E007, W001, W003: the ``MTLS_*`` settings themselves."""
     values = conf.mtls_settings()
     messages: list[CheckMessage] = []
     known = conf.known_setting_names()
@@ -146,6 +154,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             )
         else:
             messages.extend(_check_login_path(config))
+            messages.extend(_check_referrer_policy())
     if values.get("MTLS_REVOCATION") == "off" and not settings.DEBUG:
         messages.append(
             CheckWarning(
@@ -190,6 +199,43 @@ def _check_login_path(config: MTLSConfig) -> list[CheckMessage]:
             "with JSON instead of letting the view send the person back to the login page.",
             hint=f"Set MTLS_EXEMPT_PATHS = {[*exempt, path]!r}.",
             id=_ID + "E006",
+        )
+    ]
+
+
+#: Referrer policies under which a browser sends ``Origin: null`` with a cross-origin form POST.
+_NULL_ORIGIN_POLICIES = frozenset({"same-origin", "no-referrer"})
+SECURITY_MIDDLEWARE = "django.middleware.security.SecurityMiddleware"
+
+
+def _check_referrer_policy() -> list[CheckMessage]:
+    """E007: the login form, posted to another origin, would carry ``Origin: null``."""
+    login = conf.get_login_settings()
+    if login.site_url is None or login.login_url is None or login.login_url.startswith("/"):
+        return []  # the form posts to its own origin: every policy keeps the Origin
+    if origin_of(login.login_url) == login.site_url:
+        return []  # the view is on the site's own origin
+    if _position(_middleware(), SECURITY_MIDDLEWARE) is None:
+        return []
+    policy = getattr(settings, "SECURE_REFERRER_POLICY", None)
+    if isinstance(policy, str):
+        policies = [p.strip() for p in policy.split(",")]
+    elif isinstance(policy, (list, tuple)):
+        policies = [str(p).strip() for p in policy]
+    else:
+        return []
+    # Browsers apply the last policy they understand.
+    if not policies or policies[-1] not in _NULL_ORIGIN_POLICIES:
+        return []
+    return [
+        Error(
+            f"SECURE_REFERRER_POLICY is {policy!r} and the certificate login form posts from "
+            f"{login.site_url} to another origin ({login.login_url}): browsers then send "
+            "'Origin: null', which the login view refuses (invalid_request), so no certificate "
+            "login could succeed.",
+            hint="Set SECURE_REFERRER_POLICY = 'strict-origin-when-cross-origin' (it still sends "
+            "no path to other sites), or serve the login view on the site's own origin.",
+            id=_ID + "E007",
         )
     ]
 

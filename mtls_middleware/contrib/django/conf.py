@@ -12,16 +12,13 @@ Every ``MTLS_<FIELD>`` setting is the :class:`~mtls_middleware.MTLSConfig` keywo
     ``request.user`` of each accepted request from its certificate, through the authentication
     backends (:class:`~mtls_middleware.contrib.django.backends.CertificateBackend`). ``False``:
     it only attaches ``request.mtls_identity``.
-``MTLS_LOGIN_URL``
-    where the ``{% certificate_login_button %}`` form posts: the absolute URL of the certificate
-    login view on the listener that asks for a client certificate
-    (``"https://app.example:8443/login/certificate/"``). ``None`` (the default): the view's own
-    path (``reverse("mtls:certificate_login")``), for a site whose one listener asks for
-    certificates.
-
 The browser certificate login (:mod:`mtls_middleware.login`) reads the ``MTLS_LOGIN_SITE_URL``,
-``MTLS_LOGIN_ALLOWED_ORIGINS``, ``MTLS_LOGIN_PAGE`` and ``MTLS_LOGIN_DEFAULT_NEXT`` settings
-(:data:`~mtls_middleware.login.LOGIN_SETTING_NAMES`): :func:`get_login_settings`.
+``MTLS_LOGIN_URL``, ``MTLS_LOGIN_ALLOWED_ORIGINS``, ``MTLS_LOGIN_PAGE`` and
+``MTLS_LOGIN_DEFAULT_NEXT`` settings (:data:`~mtls_middleware.login.LOGIN_SETTING_NAMES`, the
+same as Flask's): :func:`get_login_settings`. ``MTLS_LOGIN_URL`` is where the
+``{% certificate_login_button %}`` form posts, the absolute URL of the certificate login view on
+the listener that asks for a client certificate (``"https://app.example:8443/login/certificate/"``);
+unset, the view's own path (``reverse("mtls:certificate_login")``).
 
 The configuration and its :class:`~mtls_middleware.Authenticator` are built on first use (the
 middleware asks at start-up, the system checks when they run) and kept for the process, as are
@@ -73,7 +70,7 @@ DJANGO_STORE_URL = "django://"
 #: The dotted path of this Django app, as listed in ``INSTALLED_APPS``.
 APP_LABEL_PATH = "mtls_middleware.contrib.django"
 #: Settings of the Django integration that are no :class:`MTLSConfig` field, with their defaults.
-DJANGO_SETTINGS: Mapping[str, Any] = {"MTLS_SET_USER": True, "MTLS_LOGIN_URL": None}
+DJANGO_SETTINGS: Mapping[str, Any] = {"MTLS_SET_USER": True}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,12 +78,10 @@ class DjangoOptions:
     """What the Django-only settings ask of the middleware.
 
     ``set_user``: set ``request.user`` from the certificate (``MTLS_SET_USER`` and
-    ``django.contrib.auth`` installed). ``login_url``: ``MTLS_LOGIN_URL``, where the certificate
-    login button posts (None: the view's own path).
+    ``django.contrib.auth`` installed).
     """
 
     set_user: bool
-    login_url: str | None = None
 
 
 _lock = threading.Lock()
@@ -114,15 +109,7 @@ def _options_from(values: Mapping[str, Any]) -> DjangoOptions:
     set_user = values.get("MTLS_SET_USER", DJANGO_SETTINGS["MTLS_SET_USER"])
     if not isinstance(set_user, bool):
         raise ConfigurationError(detail=f"MTLS_SET_USER={set_user!r} must be True or False")
-    login_url = values.get("MTLS_LOGIN_URL", DJANGO_SETTINGS["MTLS_LOGIN_URL"])
-    if login_url is not None and (not isinstance(login_url, str) or not login_url.strip()):
-        raise ConfigurationError(
-            detail=f"MTLS_LOGIN_URL={login_url!r}: give the URL of the certificate login view, such as "
-            "'https://app.example:8443/login/certificate/', or None for its own path"
-        )
-    return DjangoOptions(
-        set_user=set_user and apps.is_installed("django.contrib.auth"), login_url=login_url
-    )
+    return DjangoOptions(set_user=set_user and apps.is_installed("django.contrib.auth"))
 
 
 def _store_setting(values: Mapping[str, Any]) -> Any:

@@ -28,7 +28,9 @@ sends the person back to the login page instead of answering with JSON). It answ
 The form posts from another origin (the site on 443 to the view on 8443), which Django's CSRF
 middleware would refuse for lack of a token it cannot share across origins: the view is
 ``csrf_exempt`` and checks the ``Origin`` header instead, which browsers send with every
-cross-origin form POST and scripts cannot forge.
+cross-origin form POST and scripts cannot forge. Browsers send ``Origin: null`` instead when the
+login page's ``Referrer-Policy`` is ``same-origin`` (Django's ``SECURE_REFERRER_POLICY``
+default) or ``no-referrer``: system check ``mtls_middleware.E007`` says so.
 
 The view is synchronous: under ASGI Django runs it in its thread, as every blocking step (the
 store, revocation I/O, the ORM) requires.
@@ -50,7 +52,14 @@ from django.views.decorators.csrf import csrf_exempt
 from ...authenticator import Authenticator
 from ...errors import MTLSError, Reason
 from ...identity import Identity
-from ...login import ENDED_KEY, SESSION_KEY, LoginSettings, SessionBinding, authenticate_login
+from ...login import (
+    ENDED_KEY,
+    SESSION_KEY,
+    LoginSettings,
+    SessionBinding,
+    authenticate_login,
+    refused_origin_hint,
+)
 from . import conf
 from .backends import CertificateBackend
 
@@ -129,7 +138,8 @@ def certificate_login(request: HttpRequest) -> HttpResponse:
         origin = request.headers.get("Origin")
         if not settings.origin_allowed(origin, own_origin=_own_origin(request)):
             log.info(
-                "mtls_middleware: certificate login refused: Origin %r is not the site's", origin
+                "mtls_middleware: certificate login refused: Origin %r is not the site's (%s)",
+                origin, refused_origin_hint(origin),
             )
             return _redirect(settings.failure_url(Reason.INVALID_REQUEST, next_target))
         authenticator = conf.get_authenticator()

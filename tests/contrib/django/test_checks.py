@@ -216,3 +216,41 @@ def test_e002_hint_names_the_login_setting_meant(good: dict[str, Any]) -> None:
         messages = [m for m in checks.run_checks() if m.id == "mtls_middleware.E002"]
     conf.reset()
     assert "MTLS_LOGIN_SITE_URL" in messages[0].hint
+
+
+SECURITY = "django.middleware.security.SecurityMiddleware"
+CROSS_ORIGIN_LOGIN = {
+    "MTLS_LOGIN_SITE_URL": "https://app.example",
+    "MTLS_LOGIN_URL": "https://app.example:8443/login/certificate/",
+    "MIDDLEWARE": [SECURITY, SESSION, COMMON, AUTHENTICATION, MIDDLEWARE],
+}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        pytest.param({}, ["mtls_middleware.E007"], id="E007-django-default-same-origin"),
+        pytest.param({"SECURE_REFERRER_POLICY": "no-referrer"}, ["mtls_middleware.E007"], id="E007-no-referrer"),
+        pytest.param(
+            {"SECURE_REFERRER_POLICY": ["strict-origin", "same-origin"]}, ["mtls_middleware.E007"],
+            id="E007-last-of-a-list-decides",
+        ),
+        pytest.param({"SECURE_REFERRER_POLICY": "strict-origin-when-cross-origin"}, [], id="E007-quiet-origin-kept"),
+        pytest.param({"SECURE_REFERRER_POLICY": "same-origin, strict-origin"}, [], id="E007-quiet-fallback-list"),
+        pytest.param({"SECURE_REFERRER_POLICY": None}, [], id="E007-quiet-no-header"),
+        pytest.param(
+            {"MIDDLEWARE": [SESSION, COMMON, AUTHENTICATION, MIDDLEWARE]}, [], id="E007-quiet-without-security-middleware"
+        ),
+        pytest.param(
+            {"MTLS_LOGIN_URL": "https://app.example/login/certificate/"}, [], id="E007-quiet-same-origin-login"
+        ),
+        pytest.param({"MTLS_LOGIN_URL": None}, [], id="E007-quiet-login-on-its-own-path"),
+    ],
+)
+def test_referrer_policy_that_nulls_the_origin(
+    overrides: dict[str, Any], expected: list[str], good: dict[str, Any]
+) -> None:
+    values = {**good, **CROSS_ORIGIN_LOGIN, **overrides}
+    if values.get("MTLS_LOGIN_URL") is None:
+        values.pop("MTLS_LOGIN_URL")
+    assert our_ids(**values) == expected

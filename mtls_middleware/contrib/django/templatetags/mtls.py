@@ -111,7 +111,7 @@ def certificate_login_url() -> str:
         ImproperlyConfigured: neither is there.
         ConfigurationError: the ``MTLS_*`` settings cannot work.
     """
-    configured = conf.get_options().login_url
+    configured = conf.get_login_settings().login_url
     if configured is not None:
         return configured
     try:
