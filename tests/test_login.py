@@ -39,6 +39,7 @@ from mtls_middleware.login import (
 from mtls_middleware.stores import open_store
 from mtls_middleware.stores.base import Store
 from mtls_middleware.testing import Issued, TestPKI, client_certificate_environ, client_certificate_scope
+from tests.stores.helpers import ObservedStore
 
 SITE = LoginSettings(
     site_url="https://app.example",
@@ -303,29 +304,6 @@ def test_authenticate_login_needs_exactly_one_of_environ_and_scope(pki: TestPKI,
 # -- the session guard -------------------------------------------------------------------------
 
 
-class CountingStore:
-    """A real store, counting the lookups the guard makes (instrumentation, not a stand-in)."""
-
-    def __init__(self, inner: Store) -> None:
-        self.inner = inner
-        self.lookups = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    @property
-    def generation(self) -> int:
-        return self.inner.generation
-
-    def resolve_certificate(self, fingerprint: str) -> Any:
-        self.lookups += 1
-        return self.inner.resolve_certificate(fingerprint)
-
-    def resolve_user(self, user_id: str) -> Any:
-        self.lookups += 1
-        return self.inner.resolve_user(user_id)
-
-
 @pytest.fixture(params=["memory", "sqlite"])
 def real_store(request: pytest.FixtureRequest, tmp_path: Path, alice: Issued, bob: Issued) -> Iterator[Store]:
     store = MemoryStore() if request.param == "memory" else open_store(f"sqlite:///{tmp_path / 's.db'}")
@@ -379,7 +357,7 @@ def test_guard_ends_the_session_after_a_change(
 def test_guard_costs_no_store_lookup_while_nothing_changed(
     pki: TestPKI, real_store: Store, alice: Issued
 ) -> None:
-    counting = CountingStore(real_store)
+    counting = ObservedStore(real_store)
     guard, auth = _guard(pki, counting)  # type: ignore[arg-type]
     binding = _binding(auth, alice)
     before = counting.lookups
@@ -413,20 +391,15 @@ def test_guard_follows_a_mapper_that_maps_by_user(pki: TestPKI, alice: Issued) -
     assert guard.check(binding) is Reason.USER_INACTIVE
 
 
-class BrokenStore(CountingStore):
-    """A store whose lookups fail: a database fault the guard must not take for a verdict."""
-
-    def resolve_certificate(self, fingerprint: str) -> Any:
-        raise OSError("database is gone")
-
-
 def test_guard_store_fault_is_store_unavailable_not_an_ended_session(
     pki: TestPKI, real_store: Store, alice: Issued
 ) -> None:
     _, auth = _guard(pki, real_store)
     binding = _binding(auth, alice)
+    broken = ObservedStore(real_store)
+    broken.broken = True
     guard = SessionGuard(Authenticator(MTLSConfig(
-        trust_roots=pki.root_pem, store=BrokenStore(real_store), revocation="off",  # type: ignore[arg-type]
+        trust_roots=pki.root_pem, store=broken, revocation="off",  # type: ignore[arg-type]
     )))
     with pytest.raises(MTLSError) as caught:
         guard.check(binding)
@@ -447,7 +420,7 @@ def test_error_param_name_is_stable() -> None:
 
 
 def test_expired_binding_checked_before_the_store(pki: TestPKI, alice: Issued) -> None:
-    store = CountingStore(MemoryStore())
+    store = ObservedStore(MemoryStore())
     guard = SessionGuard(Authenticator(MTLSConfig(trust_roots=pki.root_pem, store=store, revocation="off")))  # type: ignore[arg-type]
     past = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc).timestamp()
     assert guard.check(SessionBinding("ab" * 32, "alice", "acme", past, 0.0, "1")) is Reason.CERTIFICATE_EXPIRED

@@ -24,8 +24,8 @@ from mtls_middleware import ConfigurationError, MemoryStore, Reason
 from mtls_middleware.contrib.flask import MTLS, CertificateLogin, get_certificate_session
 from mtls_middleware.history import MemoryHistory
 from mtls_middleware.login import ENDED_KEY, LOGIN_MESSAGES, SESSION_ENDED_MESSAGES, SESSION_KEY
-from mtls_middleware.stores.base import Store
 from mtls_middleware.testing import Issued, TestPKI, client_certificate_environ, crl_bytes, make_crl
+from tests.stores.helpers import ObservedStore
 
 SITE = "https://app.example"
 LOGIN = "/login/certificate"
@@ -39,27 +39,6 @@ class User(UserMixin):
     @property
     def is_active(self) -> bool:
         return self.active
-
-
-class Switch:
-    """A real store with a switch that makes it fail: the database fault a test cannot cause in a
-    MemoryStore (instrumentation for one fault, not a stand-in for the store)."""
-
-    def __init__(self, inner: Store) -> None:
-        self.inner = inner
-        self.broken = False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    @property
-    def generation(self) -> int:
-        return self.inner.generation
-
-    def resolve_certificate(self, fingerprint: str) -> Any:
-        if self.broken:
-            raise OSError("the database is gone")
-        return self.inner.resolve_certificate(fingerprint)
 
 
 def make_app(
@@ -330,7 +309,7 @@ def test_session_ends_when_the_certificate_expires(
 
 
 def test_store_fault_refuses_the_request_but_keeps_the_session(pki: TestPKI, store: MemoryStore, alice: Issued) -> None:
-    switch = Switch(store)
+    switch = ObservedStore(store)
     app = make_app(pki, switch)
     client = app.test_client()
     post_login(client, alice)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -77,10 +78,13 @@ def gunicorn_options() -> list[str]:
     return []
 
 
-def _closed(port: int) -> bool:
+def closed(port: int) -> bool:
+    """Whether nothing listens on ``port`` any more (waiting up to 10 s for it to close)."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        if not answers_http(port, tls=False):
+        try:
+            socket.create_connection((LOOPBACK, port), timeout=1).close()
+        except OSError:
             return True
         time.sleep(0.1)
     return False
@@ -107,8 +111,8 @@ def run_script(
     finally:
         process.stop()
     # The run script stops both servers when it is stopped: nothing may be left listening.
-    assert _closed(app_port), f"{app_server} still answers after {script.name} stopped\n{process.log_text()}"
-    assert _closed(port), f"nginx still answers after {script.name} stopped\n{process.log_text()}"
+    assert closed(app_port), f"{app_server} still answers after {script.name} stopped\n{process.log_text()}"
+    assert closed(port), f"nginx still answers after {script.name} stopped\n{process.log_text()}"
 
 
 @dataclass(frozen=True)

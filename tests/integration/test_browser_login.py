@@ -16,52 +16,23 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from mtls_middleware.errors import Reason
 from mtls_middleware.login import LOGIN_MESSAGES, SESSION_ENDED_MESSAGES
 from mtls_middleware.stores import open_store
-from mtls_middleware.testing import Issued
 from tests.conftest import require_service
 
 from .browser import chromium, require_browser
 from .conftest import LOOPBACK, PROXY_ADDRESS, free_port, require_module
 from .examples import copy_with_demo, example_env, gunicorn_options, run_script
+from .login_sites import LoginSite, requests_a_certificate
 
 pytestmark = pytest.mark.services
 
 FLASK_FILES = ("app.py", "login_app.py", "make_demo.py", "nginx-login.conf", "run.sh")
-
-
-@dataclass(frozen=True)
-class LoginSite:
-    """An example with a browser login: the site at ``https://localhost:site_port``, its
-    certificate login listener at ``https://localhost:login_port``."""
-
-    site_port: int
-    login_port: int
-    demo: Path
-
-    @property
-    def site(self) -> str:
-        return f"https://localhost:{self.site_port}"
-
-    @property
-    def login_origin(self) -> str:
-        return f"https://localhost:{self.login_port}"
-
-    def root(self) -> x509.Certificate:
-        return x509.load_pem_x509_certificate((self.demo / "root.pem").read_bytes())
-
-    def client(self, name: str) -> Issued:
-        chain = x509.load_pem_x509_certificates((self.demo / f"{name}.pem").read_bytes())
-        key = load_pem_private_key((self.demo / f"{name}.key").read_bytes(), password=None)
-        return Issued(chain[0], key, tuple(chain[1:]))  # type: ignore[arg-type]
 
 
 def render_login_conf(conf: str, *, site_port: int, login_port: int, app_port: int) -> str:
@@ -169,21 +140,10 @@ def test_flask_certificate_login_then_deletion_logs_out(flask_site: LoginSite, t
     assert history(flask_site.demo)[-1] == ("unknown_certificate", None)
 
 
-def _requests_a_certificate(port: int) -> bool:
-    """Whether the TLS server on ``port`` sends a CertificateRequest (openssl s_client's view)."""
-    done = subprocess.run(
-        ["openssl", "s_client", "-connect", f"{LOOPBACK}:{port}", "-servername", "localhost"],
-        input="", capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    output = done.stdout + done.stderr
-    assert "Server certificate" in output, output
-    return "Acceptable client certificate CA names" in output
-
-
 def test_only_the_login_listener_asks_for_a_certificate(flask_site: LoginSite) -> None:
     require_service("openssl")
-    assert _requests_a_certificate(flask_site.login_port)
-    assert not _requests_a_certificate(flask_site.site_port)
+    assert requests_a_certificate(flask_site.login_port)
+    assert not requests_a_certificate(flask_site.site_port)
 
 
 def test_flask_revoked_certificate_gets_its_sentence(flask_site: LoginSite, tmp_path: Path) -> None:

@@ -14,10 +14,6 @@ cert delete`` in another process and finds the next page load logged out, with t
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,12 +23,11 @@ import pytest
 from mtls_middleware.contrib.django.signals import POLL_INTERVAL
 from mtls_middleware.errors import Reason
 from mtls_middleware.login import LOGIN_MESSAGES, SESSION_ENDED_MESSAGES
-from mtls_middleware.testing import TestPKI, crl_bytes, make_crl
+from mtls_middleware.testing import TestPKI
 from tests.conftest import require_service
 
 from .browser import Browser, chromium, require_browser
 from .conftest import (
-    LOOPBACK,
     START_TIMEOUT,
     Materials,
     answers_http,
@@ -40,9 +35,9 @@ from .conftest import (
     require_module,
     start_server,
 )
-from .examples import example_env, gunicorn_options
-from .test_browser_login import LoginSite
-from .test_example_django import EXAMPLE, manage
+from .examples import closed, example_env, gunicorn_options
+from .login_sites import LoginSite, requests_a_certificate
+from .test_example_django import EXAMPLE, manage, prepare_project
 
 pytestmark = pytest.mark.services
 
@@ -53,18 +48,6 @@ SESSION_COOKIE = "sessionid"
 # POLL_INTERVAL plus one query's time (mtls_middleware/contrib/django/signals.py); the second
 # interval is the margin for that query and for a busy process.
 SEEN_WITHIN = 2 * POLL_INTERVAL
-
-
-def _closed(port: int) -> bool:
-    """Whether nothing listens on ``port`` any more (within a few seconds)."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection((LOOPBACK, port), timeout=1).close()
-        except OSError:
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.fixture(scope="module")
@@ -78,37 +61,18 @@ def django_site(
     require_module("gunicorn")
     require_module("django")
     directory = tmp_path_factory.mktemp("django-login-example")
-    pki_dir = directory / "pki"
-    pki_dir.mkdir()
-    shutil.copy(materials.root, pki_dir / "root.pem")
-    shutil.copy(materials.intermediates, pki_dir / "intermediates.pem")
-    shutil.copy(materials.server_cert, pki_dir / "server.pem")
-    shutil.copy(materials.server_key, pki_dir / "server.key")
-    alice_pem, _ = materials.clients["alice"].issued.write(pki_dir, "alice")
-    revoked = pki.issue_client("revoked-laptop")
-    revoked_pem, _ = revoked.write(pki_dir, "revoked")
-    (pki_dir / "root.crl").write_bytes(crl_bytes(make_crl(pki.root)))
-    (pki_dir / "issuing.crl").write_bytes(crl_bytes(make_crl(pki.issuing, [revoked.cert.serial_number])))
-
     site_port, login_port = free_port(), free_port()
-    env = example_env(
-        PYTHON=sys.executable,
+    # migrate runs the system checks of settings_login first (E006: the login view is exempt).
+    pki_dir, env, revoked = prepare_project(
+        materials, pki, directory,
         DJANGO_SETTINGS_MODULE=SETTINGS,
-        MTLS_EXAMPLE_PKI=str(pki_dir),
-        MTLS_EXAMPLE_DB=str(directory / "db.sqlite3"),
         PORT=str(site_port),
         LOGIN_PORT=str(login_port),
         GUNICORN_CMD_ARGS=" ".join(gunicorn_options()),
-    )
-    # migrate runs the system checks of settings_login first (E006: the login view is exempt).
-    manage(env, "migrate", "--no-input")
-    manage(env, "mtls", "user", "add", "alice", "--org", "acme")
-    manage(env, "mtls", "cert", "upload", str(alice_pem), "--user", "alice")
-    manage(env, "mtls", "cert", "upload", str(revoked_pem), "--user", "alice")  # revoked in issuing.crl
-    manage(
-        env, "shell", "-c",
-        "from django.contrib.auth import get_user_model; get_user_model().objects.create_user('alice')",
     )  # fmt: skip
+    materials.clients["alice"].issued.write(pki_dir, "alice")
+    revoked_pem, _ = revoked.write(pki_dir, "revoked")
+    manage(env, "mtls", "cert", "upload", str(revoked_pem), "--user", "alice")  # revoked in issuing.crl
 
     script = start_server(
         "run-login.sh (gunicorn + mtls-admin serve)", ["bash", str(EXAMPLE / "run-login.sh")],
@@ -126,8 +90,8 @@ def django_site(
     finally:
         script.stop()
     # run-login.sh stops both servers when it is stopped: nothing may be left listening.
-    assert _closed(site_port), f"gunicorn still listens after run-login.sh stopped\n{script.log_text()}"
-    assert _closed(login_port), (
+    assert closed(site_port), f"gunicorn still listens after run-login.sh stopped\n{script.log_text()}"
+    assert closed(login_port), (
         f"mtls-admin serve still listens after run-login.sh stopped\n{script.log_text()}"
     )
 
@@ -225,18 +189,7 @@ def test_django_revoked_certificate_gets_its_reason(django_site: LoginSite, tmp_
         assert browser.current_url.startswith(f"{django_site.site}/login?next=")  # not logged in
 
 
-def _requests_a_certificate(port: int) -> bool:
-    """Whether the TLS server on ``port`` sends a CertificateRequest (openssl s_client's view)."""
-    done = subprocess.run(
-        ["openssl", "s_client", "-connect", f"{LOOPBACK}:{port}", "-servername", "localhost"],
-        input="", capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    output = done.stdout + done.stderr
-    assert "Server certificate" in output, output
-    return "Acceptable client certificate CA names" in output
-
-
 def test_only_the_login_listener_asks_for_a_certificate(django_site: LoginSite) -> None:
     require_service("openssl")
-    assert _requests_a_certificate(django_site.login_port)
-    assert not _requests_a_certificate(django_site.site_port)
+    assert requests_a_certificate(django_site.login_port)
+    assert not requests_a_certificate(django_site.site_port)

@@ -62,14 +62,14 @@ def manage(project_env: dict[str, str], *args: str) -> str:
     return done.stdout
 
 
-@pytest.fixture(scope="module")
-def project(
-    materials: Materials, pki: TestPKI, tmp_path_factory: pytest.TempPathFactory
-) -> Project:
-    """The example set up from scratch: pki/ (root, intermediates, CRLs, nginx's server
-    certificate), a migrated database, alice registered in the store and as a Django user."""
-    require_module("django")
-    directory = tmp_path_factory.mktemp("django-example")
+def prepare_project(
+    materials: Materials, pki: TestPKI, directory: Path, **env_extra: str
+) -> tuple[Path, dict[str, str], Issued]:
+    """The example set up in ``directory`` as its README says: ``pki/`` (root, intermediates,
+    the server's certificate and key, the CAs' CRLs revoking a "revoked-laptop" certificate), a
+    migrated database, alice in the store with her certificate and as a Django user. Returns
+    ``pki/``, the environment of the example's processes (``env_extra`` added; without a
+    ``DJANGO_SETTINGS_MODULE`` there, the project's own) and the revoked certificate."""
     pki_dir = directory / "pki"
     pki_dir.mkdir()
     shutil.copy(materials.root, pki_dir / "root.pem")
@@ -77,7 +77,6 @@ def project(
     shutil.copy(materials.server_cert, pki_dir / "server.pem")
     shutil.copy(materials.server_key, pki_dir / "server.key")
     revoked: Issued = pki.issue_client("revoked-laptop")
-    revoked_cert, revoked_key = revoked.write(directory, "revoked")
     (pki_dir / "root.crl").write_bytes(crl_bytes(make_crl(pki.root)))
     (pki_dir / "issuing.crl").write_bytes(crl_bytes(make_crl(pki.issuing, [revoked.cert.serial_number])))
 
@@ -85,9 +84,10 @@ def project(
         PYTHON=sys.executable,
         MTLS_EXAMPLE_PKI=str(pki_dir),
         MTLS_EXAMPLE_DB=str(directory / "db.sqlite3"),
-        WORKERS="1",
+        **env_extra,
     )
-    env.pop("DJANGO_SETTINGS_MODULE", None)
+    if "DJANGO_SETTINGS_MODULE" not in env_extra:
+        env.pop("DJANGO_SETTINGS_MODULE", None)
     # migrate runs the system checks first, the app's included, on a database without its tables.
     manage(env, "migrate", "--no-input")
     manage(env, "mtls", "user", "add", "alice", "--org", "acme")
@@ -96,6 +96,19 @@ def project(
         env, "shell", "-c",
         "from django.contrib.auth import get_user_model; get_user_model().objects.create_user('alice')",
     )  # fmt: skip
+    return pki_dir, env, revoked
+
+
+@pytest.fixture(scope="module")
+def project(
+    materials: Materials, pki: TestPKI, tmp_path_factory: pytest.TempPathFactory
+) -> Project:
+    """The example set up from scratch: pki/ (root, intermediates, CRLs, nginx's server
+    certificate), a migrated database, alice registered in the store and as a Django user."""
+    require_module("django")
+    directory = tmp_path_factory.mktemp("django-example")
+    pki_dir, env, revoked = prepare_project(materials, pki, directory, WORKERS="1")
+    revoked_cert, revoked_key = revoked.write(directory, "revoked")
     return Project(directory, pki_dir, env, revoked_cert, revoked_key)
 
 

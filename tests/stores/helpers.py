@@ -217,3 +217,34 @@ class Relay:
         for sock in (source, sink):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+class ObservedStore:
+    """A real store with its pipeline lookups counted and, while ``broken``, failing as a database
+    that went away: instrumentation, and the one fault a MemoryStore cannot produce. Everything
+    else goes to the store itself."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.lookups = 0
+        self.broken = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    @property
+    def generation(self) -> int:
+        return self.inner.generation
+
+    def _lookup(self) -> None:
+        if self.broken:
+            raise OSError("the database is gone")
+        self.lookups += 1
+
+    def resolve_certificate(self, fingerprint: str) -> Any:
+        self._lookup()
+        return self.inner.resolve_certificate(fingerprint)
+
+    def resolve_user(self, user_id: str) -> Any:
+        self._lookup()
+        return self.inner.resolve_user(user_id)
