@@ -319,6 +319,15 @@ class LoginSettings:
     def default_target(self) -> str:
         return self._absolute(self.default_next) if _local_path(self.default_next) else self.default_next
 
+    def login_page_url(self, next_target: object = None) -> str:
+        """The login page, keeping ``next_target`` (as ``?next=``) when it is safe and not the
+        default; no error code."""
+        page = self._absolute(self.login_page) if _local_path(self.login_page) else self.login_page
+        kept = isinstance(next_target, str) and bool(next_target)
+        if kept and self.redirect_target(next_target) != self.default_target:
+            return f"{page}{'&' if '?' in page else '?'}{urlencode({'next': str(next_target)})}"
+        return page
+
     def failure_url(self, reason: Reason, next_target: object = None) -> str:
         """The login page, with ``reason``'s code and (when safe) the ``next`` target kept."""
         page = self._absolute(self.login_page) if _local_path(self.login_page) else self.login_page

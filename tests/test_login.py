@@ -111,6 +111,19 @@ def test_failure_url_carries_only_the_code_and_a_safe_next(
     assert SITE.failure_url(reason, next_target) == expected
 
 
+@pytest.mark.parametrize(
+    ("next_target", "expected"),
+    [
+        pytest.param(None, "https://app.example/login", id="none"),
+        pytest.param("/reports", "https://app.example/login?next=%2Freports", id="safe-next-kept"),
+        pytest.param("/home", "https://app.example/login", id="the-default-is-not-repeated"),
+        pytest.param("//evil.example", "https://app.example/login", id="hostile-next-dropped"),
+    ],
+)
+def test_login_page_url_carries_no_code(next_target: str | None, expected: str) -> None:
+    assert SITE.login_page_url(next_target) == expected
+
+
 ORIGINS = [
     pytest.param("https://app.example", None, True, id="site"),
     pytest.param("https://app.example:443", None, True, id="site-default-port"),

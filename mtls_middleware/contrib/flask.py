@@ -273,10 +273,12 @@ class CertificateLogin:
       optional_no_ca``). The rest of the site, served without a certificate request, never makes
       the browser prompt. The button's template is ``mtls_middleware/certificate_login_button.html``;
       put one of that name in your app's templates to restyle it.
-    - The view accepts only a POST whose ``Origin`` is the site's (``MTLS_LOGIN_SITE_URL``,
-      ``MTLS_LOGIN_ALLOWED_ORIGINS``, or its own): a page of another site cannot log a browser
-      in. Serve the login page with a ``Referrer-Policy`` that keeps the origin of cross-origin
-      requests (the browsers' default ``strict-origin-when-cross-origin``): under
+    - A GET of the view redirects to the login page, logging nobody in (a link or an image
+      must not open a session). The view accepts only a POST whose ``Origin`` is the site's
+      (``MTLS_LOGIN_SITE_URL``, ``MTLS_LOGIN_ALLOWED_ORIGINS``, or its own): a page of another
+      site cannot log a browser in. Serve the login page with a ``Referrer-Policy`` that keeps
+      the origin of cross-origin requests (the browsers' default,
+      ``strict-origin-when-cross-origin``): under
       ``same-origin`` or ``no-referrer`` browsers send ``Origin: null`` and every login is
       refused (``invalid_request``; the log says why). It authenticates the request with the
       :class:`MTLS` extension's :class:`~mtls_middleware.Authenticator` (the attempt goes to the
@@ -363,7 +365,7 @@ class CertificateLogin:
 
         blueprint = Blueprint("mtls_login", __name__, template_folder="templates")
         blueprint.add_url_rule(
-            self.url, "certificate_login", functools.partial(self._login, app), methods=["POST"]
+            self.url, "certificate_login", functools.partial(self._login, app), methods=["GET", "POST"]
         )
         app.register_blueprint(blueprint)
         # First of the before_request hooks: no other hook may see the user of an ended session.
@@ -386,6 +388,10 @@ class CertificateLogin:
         from flask_login import login_user
 
         settings, _guard = self._state(app)
+        if request.method != "POST":
+            # A link, an image or a reload logs nobody in: only the form's POST does. The person
+            # lands on the page with the button instead of on an error.
+            return _see_other(settings.login_page_url(request.args.get("next")))
         next_target = request.form.get("next")
         own_origin = f"{request.scheme}://{request.host}"
         if not settings.origin_allowed(request.headers.get("Origin"), own_origin=own_origin):

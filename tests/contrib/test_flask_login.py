@@ -257,10 +257,20 @@ def test_own_origin_is_accepted(app: Flask, alice: Issued) -> None:
     assert response.headers["Location"] == f"{SITE}/home"
 
 
-def test_get_is_not_a_login(app: Flask, alice: Issued) -> None:
+@pytest.mark.parametrize(
+    ("query", "location"),
+    [
+        pytest.param("", f"{SITE}/login", id="plain"),
+        pytest.param("?next=/reports", f"{SITE}/login?next=%2Freports", id="safe-next-kept"),
+        pytest.param("?next=//evil.example", f"{SITE}/login", id="hostile-next-dropped"),
+    ],
+)
+def test_get_is_not_a_login(app: Flask, alice: Issued, query: str, location: str) -> None:
     client = app.test_client()
-    assert client.get(LOGIN, environ_base=client_certificate_environ(alice)).status_code == 405
+    response = client.get(LOGIN + query, environ_base=client_certificate_environ(alice))
+    assert (response.status_code, response.headers["Location"]) == (303, location)
     assert client.get("/whoami").get_json() == {"user": None}
+    assert list(app.config["history"]) == []  # the certificate was not even looked at
 
 
 # -- the session -------------------------------------------------------------------------------

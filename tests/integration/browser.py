@@ -292,17 +292,29 @@ class Browser:
             selenium.common.exceptions.TimeoutException: no clickable element, or no new page,
                 within ``wait_timeout``.
         """
+        from selenium.common.exceptions import WebDriverException
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support import expected_conditions as ec
         from selenium.webdriver.support.ui import WebDriverWait
 
         wait = WebDriverWait(self.driver, self.wait_timeout)
         element = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, selector)))
-        old_page = self.driver.find_element(By.TAG_NAME, "html")
+        # The page is marked, and the next one is the first without the mark that has loaded.
+        # (Waiting for the old <html> element to go stale raced with the navigation: Chromium
+        # answered "Node with given id does not belong to the document", an error of its own
+        # rather than a stale element.) Errors while the pages change over are retried.
+        marker = secrets.token_hex(8)
+        self.driver.execute_script("document.documentElement.dataset.mtlsOldPage = arguments[0]", marker)
         element.click()
         if navigates:
-            wait.until(ec.staleness_of(old_page))
-            wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
+            settled = WebDriverWait(self.driver, self.wait_timeout, ignored_exceptions=(WebDriverException,))
+            settled.until(
+                lambda d: d.execute_script(
+                    "return document.readyState === 'complete' && "
+                    "document.documentElement.dataset.mtlsOldPage !== arguments[0]",
+                    marker,
+                )
+            )
 
     @property
     def text(self) -> str:

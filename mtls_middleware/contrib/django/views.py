@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import urlencode
 
 from django.contrib import auth as django_auth
 from django.contrib.auth import get_user_model
@@ -63,7 +62,7 @@ from ...login import (
 from . import conf
 from .backends import CertificateBackend
 
-__all__ = ["certificate_login", "login_page_url"]
+__all__ = ["certificate_login"]
 
 log = logging.getLogger("mtls_middleware")
 
@@ -77,20 +76,6 @@ def _redirect(url: str) -> HttpResponse:
     response = _SeeOther(url)
     add_never_cache_headers(response)
     return response
-
-
-def login_page_url(settings: LoginSettings, next_target: object = None) -> str:
-    """The login page (``MTLS_LOGIN_PAGE``, absolute against ``MTLS_LOGIN_SITE_URL``), keeping
-    ``next_target`` as ``?next=`` when :meth:`LoginSettings.redirect_target` accepts it; without
-    an error code."""
-    page = settings.login_page
-    if page.startswith("/") and settings.site_url is not None:
-        page = settings.site_url + page
-    if not isinstance(next_target, str) or not next_target:
-        return page
-    if settings.redirect_target(next_target) == settings.default_target:
-        return page
-    return f"{page}{'&' if '?' in page else '?'}{urlencode({'next': next_target})}"
 
 
 def _own_origin(request: HttpRequest) -> str | None:
@@ -133,7 +118,7 @@ def certificate_login(request: HttpRequest) -> HttpResponse:
     try:
         settings = conf.get_login_settings()
         if request.method != "POST":
-            return _redirect(login_page_url(settings, next_target))
+            return _redirect(settings.login_page_url(next_target))
         next_target = request.POST.get("next")
         origin = request.headers.get("Origin")
         if not settings.origin_allowed(origin, own_origin=_own_origin(request)):
