@@ -34,6 +34,30 @@ PROXY_PEER = "192.0.2.10"
 STRANGER = "198.51.100.7"
 
 
+def register_users(
+    alice: Issued, certificates: Mapping[str, Issued], *, also: Sequence[str] = ()
+) -> Any:
+    """The emptied database's store with alice (acme), carol (deactivated in the store), dave,
+    erin and ``also`` (acme), each with the certificate of that name; Django users: dave (inactive
+    in Django) and pat (a password-only user). Callers add the Django users they need."""
+    from django.contrib.auth import get_user_model
+
+    from mtls_middleware.contrib.django.store import shared_store
+
+    store = shared_store()
+    store.add_user("alice", org="acme")
+    store.upload_certificate(alice.chain_pem, user_id="alice")
+    store.add_user("carol", org="acme", active=False)
+    store.upload_certificate(certificates["carol"].chain_pem, user_id="carol")
+    for user_id in ("dave", "erin", *also):
+        store.add_user(user_id, org="acme")
+        store.upload_certificate(certificates[user_id].chain_pem, user_id=user_id)
+    users = get_user_model().objects
+    users.create_user("dave", is_active=False)
+    users.create_user("pat", password="pat-password")
+    return store
+
+
 def project_settings(root: Path, **extra: Any) -> dict[str, Any]:
     """A project with the middleware after AuthenticationMiddleware, the backend first, the
     test views, and certificates judged against ``root`` (revocation off: the core's tests cover it)."""

@@ -48,7 +48,7 @@ from mtls_middleware.testing import (
     make_crl,
     with_client_certificate,
 )
-from tests.contrib.django.mtls_support import project_settings
+from tests.contrib.django.mtls_support import project_settings, register_users
 from tests.contrib.django.setup import empty_tables, setup_django
 
 SITE = "https://testserver"
@@ -90,23 +90,11 @@ def site(pki_dir: Path, alice: Issued, certificates: dict[str, Issued]) -> Itera
     "expired" (an expired certificate); bob is registered to nobody. pat logs in by password."""
     setup_django()
     empty_tables()
-    from mtls_middleware.contrib.django.store import shared_store
-
-    store = shared_store()
-    store.add_user("alice", org="acme")
-    store.upload_certificate(alice.chain_pem, user_id="alice")
-    store.add_user("carol", org="acme", active=False)
-    store.upload_certificate(certificates["carol"].chain_pem, user_id="carol")
-    for user_id in ("dave", "erin", "frank"):
-        store.add_user(user_id, org="acme")
-        store.upload_certificate(certificates[user_id].chain_pem, user_id=user_id)
+    store = register_users(alice, certificates, also=("frank",))
     store.add_user("expired", org="acme")
     users = get_user_model().objects
-    for username in ("alice", "carol", "erin", "frank", "expired"):
-        if username != "erin":
-            users.create_user(username)
-    users.create_user("dave", is_active=False)
-    users.create_user("pat", password="pat-password")
+    for username in ("alice", "carol", "frank", "expired"):  # erin has no Django user
+        users.create_user(username)
     values = project_settings(
         pki_dir / "root.pem",
         ROOT_URLCONF="tests.contrib.django.login_urls",

@@ -37,6 +37,7 @@ from tests.contrib.django.mtls_support import (
     LoopProbeMapper,
     get,
     project_settings,
+    register_users,
     wsgi_get,
 )
 from tests.contrib.django.setup import empty_tables, setup_django
@@ -69,20 +70,8 @@ def project(
     """
     setup_django()
     empty_tables()
-    from mtls_middleware.contrib.django.store import shared_store
-
-    store = shared_store()
-    store.add_user("alice", org="acme")
-    store.upload_certificate(alice.chain_pem, user_id="alice")
-    store.add_user("carol", org="acme", active=False)
-    store.upload_certificate(certificates["carol"].chain_pem, user_id="carol")
-    for user_id in ("dave", "erin"):
-        store.add_user(user_id, org="acme")
-        store.upload_certificate(certificates[user_id].chain_pem, user_id=user_id)
-    users = get_user_model().objects
-    users.create_user("alice", password="alice-password")
-    users.create_user("dave", is_active=False)
-    users.create_user("pat", password="pat-password")  # a password-only user
+    store = register_users(alice, certificates)
+    get_user_model().objects.create_user("alice", password="alice-password")
     mtls_urls.SEEN.clear()
     with override_settings(**project_settings(pki_dir / "root.pem")):
         yield store
