@@ -317,25 +317,30 @@ class LoginSettings:
 
     @property
     def default_target(self) -> str:
+        """Where an accepted login goes without a usable ``next``: ``default_next``, absolute."""
         return self._absolute(self.default_next) if _local_path(self.default_next) else self.default_next
 
-    def login_page_url(self, next_target: object = None) -> str:
-        """The login page, keeping ``next_target`` (as ``?next=``) when it is safe and not the
-        default; no error code."""
+    def kept_next(self, next_target: object) -> str | None:
+        """``next_target`` when a login page should carry it on (as its form's ``next``, or in
+        its URL): a target :meth:`redirect_target` accepts that is not the default; else None."""
+        wanted = isinstance(next_target, str) and bool(next_target)
+        if wanted and self.redirect_target(next_target) != self.default_target:
+            return str(next_target)
+        return None
+
+    def login_page_url(self, next_target: object = None, *, reason: Reason | None = None) -> str:
+        """The login page, with ``reason``'s code (``?mtls_error=``) when given, and
+        :meth:`kept_next` of ``next_target`` as ``?next=``."""
         page = self._absolute(self.login_page) if _local_path(self.login_page) else self.login_page
-        kept = isinstance(next_target, str) and bool(next_target)
-        if kept and self.redirect_target(next_target) != self.default_target:
-            return f"{page}{'&' if '?' in page else '?'}{urlencode({'next': str(next_target)})}"
-        return page
+        query: dict[str, str] = {ERROR_PARAM: reason.value} if reason is not None else {}
+        kept = self.kept_next(next_target)
+        if kept is not None:
+            query["next"] = kept
+        return f"{page}{'&' if '?' in page else '?'}{urlencode(query)}" if query else page
 
     def failure_url(self, reason: Reason, next_target: object = None) -> str:
-        """The login page, with ``reason``'s code and (when safe) the ``next`` target kept."""
-        page = self._absolute(self.login_page) if _local_path(self.login_page) else self.login_page
-        query: dict[str, str] = {ERROR_PARAM: reason.value}
-        kept = isinstance(next_target, str) and bool(next_target)
-        if kept and self.redirect_target(next_target) != self.default_target:
-            query["next"] = str(next_target)
-        return f"{page}{'&' if '?' in page else '?'}{urlencode(query)}"
+        """The login page a refused login is sent to: :meth:`login_page_url` with ``reason``."""
+        return self.login_page_url(next_target, reason=reason)
 
     def origin_allowed(self, origin: object, own_origin: str | None = None) -> bool:
         """Whether a login form posted with this ``Origin`` header came from the site: an allowed

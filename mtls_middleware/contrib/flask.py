@@ -460,17 +460,12 @@ class CertificateLogin:
         message = login_message(code) if code else session_ended_message(ended)
         # Only a known code is put in the page (escaped in any case): the query is anyone's.
         reason = code if code in _REASON_CODES else ("unknown" if code else ended)
-        next_target = request.args.get("next")
-        keep_next = (
-            isinstance(next_target, str)
-            and settings.redirect_target(next_target) != settings.default_target
-        )
         # render_template escaped every value; the result is HTML, not text to escape again.
         return Markup(  # noqa: S704
             render_template(
                 "mtls_middleware/certificate_login_button.html",
                 action=settings.login_url or url_for("mtls_login.certificate_login"),
-                next=next_target if keep_next else None,
+                next=settings.kept_next(request.args.get("next")),
                 message=message,
                 reason=reason,
             )

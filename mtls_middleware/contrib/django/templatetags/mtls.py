@@ -124,11 +124,9 @@ def certificate_login_url() -> str:
 
 
 def _next(request: Any) -> str | None:
-    value = request.GET.get("next") if request is not None else None
-    if not value:
+    if request is None:
         return None
-    settings = conf.get_login_settings()
-    return value if settings.redirect_target(value) != settings.default_target else None
+    return conf.get_login_settings().kept_next(request.GET.get("next"))
 
 
 @register.inclusion_tag("mtls_middleware/certificate_login_button.html", takes_context=True)
